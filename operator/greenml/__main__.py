@@ -1,0 +1,5 @@
+import sys
+
+from greenml.cli import main
+
+sys.exit(main())

@@ -1,0 +1,103 @@
+"""TrainingJob: a batch/v1 Job template run in the lowest-carbon window before a deadline."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from greenml.api.common import ApiModel, Condition, Decision, Duration, StatusModel
+
+
+class Schedule(ApiModel):
+    deadline: datetime | None = Field(default=None, description="Absolute time by which the job must finish (RFC 3339).")
+    max_delay: Duration | None = Field(default=None, description="Deadline relative to creation: creation + maxDelay + estimatedDuration.")
+    estimated_duration: Duration = Field(description="How long the job runs when it runs uninterrupted.")
+    interruptible: bool = Field(default=False, description="May be suspended and resumed across windows. Suspending deletes pods: the job must checkpoint.")
+    min_run_duration: Duration | None = Field(default=None, description="Interruptible jobs: shortest run between pauses (no thrashing). Default: operator setting.")
+
+    @model_validator(mode="after")
+    def _one_deadline(self) -> "Schedule":
+        if (self.deadline is None) == (self.max_delay is None):
+            raise ValueError("exactly one of schedule.deadline or schedule.maxDelay must be set")
+        return self
+
+
+Schedule.model_config["json_schema_extra"] = {
+    "x-kubernetes-validations": [
+        {"rule": "has(self.deadline) != has(self.maxDelay)",
+         "message": "exactly one of schedule.deadline or schedule.maxDelay must be set"},
+    ]
+}
+
+
+class Power(ApiModel):
+    gpus: int | None = Field(default=None, ge=0, le=4096, description="GPUs the job uses. Default: the template's nvidia.com/gpu limits.")
+    gpu_model: str | None = Field(default=None, max_length=64, description="GPU model for the default watts table, e.g. A100, H100.")
+    watts_per_gpu: float | None = Field(default=None, gt=0, le=5000, description="Average draw per GPU while running. Default: from gpuModel.")
+    query: str | None = Field(default=None, max_length=4096, description="PromQL returning this job's power in watts; overrides the model when it answers.")
+
+
+class Carbon(ApiModel):
+    zone: str | None = Field(default=None, max_length=64, description="Grid zone (e.g. DE, GB, US-CAL-CISO). Default: operator setting.")
+    max_intensity: float | None = Field(default=None, ge=0, description="Run only when intensity (gCO2e/kWh) is below this, unless the deadline forces.")
+    budget_grams: float | None = Field(default=None, gt=0, description="Carbon budget for the whole run (gCO2e); exceeding it is reported.")
+
+
+class TrainingJobSpec(ApiModel):
+    template: dict[str, Any] = Field(description="A batch/v1 JobTemplateSpec; the operator creates the Job from it, suspended.")
+    schedule: Schedule
+    power: Power | None = None
+    carbon: Carbon | None = None
+
+
+class Window(StatusModel):
+    start: datetime
+    end: datetime
+
+
+class PlanStatus(StatusModel):
+    windows: list[Window] = Field(default_factory=list)
+    planned_start: datetime | None = None
+    latest_start: datetime | None = None
+    expected_grams: float | None = None
+    run_now_grams: float | None = None
+    savings_percent: float | None = None
+    forecast_source: str | None = None
+    computed_at: datetime | None = None
+
+
+class Progress(StatusModel):
+    run_seconds: float = 0.0
+    running_since: datetime | None = None
+    runs: int = 0
+
+
+class Usage(StatusModel):
+    energy_kwh: float = 0.0
+    grams: float = 0.0
+    source: str | None = None
+
+
+Phase = Literal["Pending", "Waiting", "Running", "Paused", "Succeeded", "Failed"]
+
+
+class TrainingJobStatus(StatusModel):
+    phase: Phase | None = None
+    job_name: str | None = None
+    deadline: datetime | None = None
+    plan: PlanStatus | None = None
+    progress: Progress | None = None
+    usage: Usage | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    last_decision: Decision | None = None
+    observed_generation: int | None = None
+
+
+class TrainingJob(ApiModel):
+    model_config = ApiModel.model_config | {"extra": "ignore"}
+    api_version: Literal["greenml.io/v1alpha1"] = "greenml.io/v1alpha1"
+    kind: Literal["TrainingJob"] = "TrainingJob"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: TrainingJobSpec
+    status: TrainingJobStatus | None = None

@@ -1,0 +1,90 @@
+"""Operator settings: environment (GREENML_*) over an optional YAML file, validated at start."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from greenml.timeutil import DURATION_PATTERN, parse_duration
+
+
+class SettingsError(Exception):
+    """Bad operator settings; the message names every bad field."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GREENML_", env_nested_delimiter="__", extra="forbid")
+
+    # signals
+    provider: Literal["embedded", "file", "electricitymaps", "watttime", "ukcarbon", "prometheus"] = "embedded"
+    default_zone: str = "DE"
+    intensity_file: str | None = Field(default=None, description="CSV for provider=file")
+    provider_url: str | None = None
+    provider_token: str | None = Field(default=None, repr=False)
+    provider_username: str | None = Field(default=None, repr=False)
+    provider_password: str | None = Field(default=None, repr=False)
+    prometheus_url: str | None = None
+    zone_label: str = "topology.kubernetes.io/region"
+
+    # planning
+    step: str = Field(default="5m", pattern=DURATION_PATTERN, description="planning slot length")
+    horizon: str = Field(default="7d", pattern=DURATION_PATTERN, description="furthest look-ahead")
+    safety_margin: str = Field(default="15m", pattern=DURATION_PATTERN)
+    replan_interval: str = Field(default="15m", pattern=DURATION_PATTERN)
+    tick_interval: float = Field(default=30.0, gt=0, description="seconds between per-object reconciles")
+    default_min_run: str = Field(default="30m", pattern=DURATION_PATTERN)
+    gpu_capacity: int | None = Field(default=None, ge=0, description="GPUs for shifted jobs; None: sum of nodes' allocatable")
+    default_watts_per_gpu: float = Field(default=300.0, gt=0)
+    default_gpu_model: str | None = None
+
+    # operator
+    namespace: str | None = Field(default=None, description="watch one namespace; None: all")
+    health_port: int = Field(default=8080, ge=1, le=65535)
+    metrics_port: int = Field(default=9090, ge=0, le=65535)
+    peering: str | None = Field(default=None, description="kopf peering name for HA; None: standalone")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    @field_validator("provider_url", "prometheus_url")
+    @classmethod
+    def _https(cls, v: str | None) -> str | None:
+        if v is not None and not (v.startswith("https://") or v.startswith("http://")):
+            raise ValueError("must be an http(s) URL")
+        return v
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        return (init_settings, env_settings, _YamlFileSource(settings_cls))
+
+    # derived
+    def duration(self, name: str):
+        return parse_duration(getattr(self, name))
+
+
+class _YamlFileSource(PydanticBaseSettingsSource):
+    """Values from the YAML file named by GREENML_CONFIG (keys as field names)."""
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused by __call__
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("GREENML_CONFIG")
+        if not path:
+            return {}
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise SettingsError(f"{path}: expected a mapping of settings")
+        return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Load and validate; raise SettingsError with one line per bad field."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()]
+        raise SettingsError("invalid greenml settings:\n" + "\n".join(lines)) from None
