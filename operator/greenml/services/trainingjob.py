@@ -1,0 +1,381 @@
+"""TrainingJob service: the logic between a TrainingJob object and the planner.
+
+Knows nothing of kopf or the Kubernetes client. The operator's handlers and the
+simulator both call these functions, so every simulated figure measures the code
+that runs in clusters:
+
+- ``resolve(body, defaults)``       spec → ``JobRequirements`` (or ``InvalidSpec``)
+- ``job_manifest(req, template)``    the batch/v1 Job the operator owns (suspended)
+- ``decide(req, progress, job, windows, now, defaults)``  act now? (start/resume/pause/wait)
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, Mapping, Sequence
+
+from pydantic import ValidationError
+
+from greenml import API_VERSION
+from greenml.api.trainingjob import TrainingJobSpec
+from greenml.timeutil import ensure_utc, format_time, parse_duration, parse_time
+
+MANAGED_BY = "greenml-operator"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_OWNER = "greenml.io/trainingjob"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+class InvalidSpec(Exception):
+    """A spec the schema accepted but the operator cannot run. ``field`` is a dotted path."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Operator-wide defaults the service needs (a slice of Settings)."""
+
+    zone: str = "DE"
+    safety_margin: timedelta = timedelta(minutes=15)
+    min_run: timedelta = timedelta(minutes=30)
+    watts_per_gpu: float = 300.0
+    cpu_job_watts: float = 100.0
+    gpu_watts: Mapping[str, float] = field(default_factory=dict)  # model → watts
+    step: timedelta = timedelta(minutes=5)
+
+    @classmethod
+    def from_settings(cls, settings: Any, gpu_watts: Mapping[str, float] | None = None) -> "Defaults":
+        return cls(
+            zone=settings.default_zone,
+            safety_margin=parse_duration(settings.safety_margin),
+            min_run=parse_duration(settings.default_min_run),
+            watts_per_gpu=settings.default_watts_per_gpu,
+            gpu_watts=dict(gpu_watts or {}),
+            step=parse_duration(settings.step),
+        )
+
+
+@dataclass(frozen=True)
+class JobRequirements:
+    """Everything the planner and the decision need, resolved from one TrainingJob."""
+
+    namespace: str
+    name: str
+    uid: str
+    created: datetime
+    deadline: datetime
+    duration: timedelta
+    interruptible: bool
+    min_run: timedelta
+    gpus: int
+    watts: float                      # total draw while running (W)
+    power_source: str                 # "spec", "gpu-table", "default"
+    zone: str
+    max_intensity: float | None = None
+    budget_grams: float | None = None
+    power_query: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    @property
+    def power_kw(self) -> float:
+        return self.watts / 1000.0
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Accumulated run time, persisted in status so pauses and restarts lose nothing."""
+
+    run_seconds: float = 0.0
+    running_since: datetime | None = None
+    runs: int = 0
+
+    def total(self, now: datetime) -> float:
+        extra = (now - self.running_since).total_seconds() if self.running_since else 0.0
+        return self.run_seconds + max(0.0, extra)
+
+    @classmethod
+    def from_status(cls, status: Mapping[str, Any] | None) -> "Progress":
+        p = (status or {}).get("progress") or {}
+        since = p.get("runningSince")
+        return cls(float(p.get("runSeconds") or 0.0), parse_time(since) if since else None, int(p.get("runs") or 0))
+
+    def to_status(self) -> dict[str, Any]:
+        return {"runSeconds": round(self.run_seconds, 3),
+                "runningSince": format_time(self.running_since) if self.running_since else None,
+                "runs": self.runs}
+
+
+@dataclass(frozen=True)
+class JobObservation:
+    """What the operator sees of the Job it owns."""
+
+    exists: bool = True
+    suspended: bool = True
+    succeeded: bool = False
+    failed: bool = False
+    failure_message: str = ""
+
+    @classmethod
+    def from_job(cls, job: Mapping[str, Any] | None) -> "JobObservation":
+        if not job:
+            return cls(exists=False)
+        spec = job.get("spec") or {}
+        conds = (job.get("status") or {}).get("conditions") or []
+        done = {c.get("type"): c for c in conds if c.get("status") == "True"}
+        failed = done.get("Failed")
+        return cls(
+            exists=True,
+            suspended=bool(spec.get("suspend", False)),
+            succeeded="Complete" in done,
+            failed=failed is not None,
+            failure_message=(failed or {}).get("message") or (failed or {}).get("reason") or "",
+        )
+
+
+# ---------------------------------------------------------------- resolving specs
+
+def _spec_errors(exc: ValidationError) -> InvalidSpec:
+    first = exc.errors()[0]
+    path = ".".join(["spec", *[str(p) for p in first["loc"]]])
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return InvalidSpec(path, f"{first['msg']}{more}")
+
+
+def template_gpus(template: Mapping[str, Any]) -> int:
+    """GPUs the Job uses: nvidia.com/gpu limits of its containers × parallelism."""
+    pod = ((template.get("spec") or {}).get("template") or {}).get("spec") or {}
+    per_pod = 0
+    for c in pod.get("containers") or []:
+        limits = ((c.get("resources") or {}).get("limits") or {})
+        raw = limits.get(GPU_RESOURCE, 0)
+        try:
+            per_pod += int(raw)
+        except (TypeError, ValueError):
+            raise InvalidSpec(f"spec.template.spec.template.spec.containers[{c.get('name')}].resources.limits",
+                              f"{GPU_RESOURCE} must be an integer, got {raw!r}") from None
+    parallelism = (template.get("spec") or {}).get("parallelism")
+    return per_pod * max(1, int(parallelism or 1))
+
+
+def _check_template(template: Mapping[str, Any]) -> None:
+    spec = template.get("spec")
+    if not isinstance(spec, Mapping):
+        raise InvalidSpec("spec.template.spec", "a JobTemplateSpec needs a spec (batch/v1 JobSpec)")
+    pod = (spec.get("template") or {}).get("spec")
+    if not isinstance(pod, Mapping):
+        raise InvalidSpec("spec.template.spec.template.spec", "the Job's pod template needs a spec")
+    containers = pod.get("containers")
+    if not isinstance(containers, list) or not containers:
+        raise InvalidSpec("spec.template.spec.template.spec.containers", "the pod template has no containers")
+    for i, c in enumerate(containers):
+        if not isinstance(c, Mapping) or not c.get("image"):
+            raise InvalidSpec(f"spec.template.spec.template.spec.containers[{i}].image", "every container needs an image")
+    policy = pod.get("restartPolicy")
+    if policy not in (None, "Never", "OnFailure"):
+        raise InvalidSpec("spec.template.spec.template.spec.restartPolicy", "a Job's restartPolicy must be Never or OnFailure")
+
+
+def resolve(body: Mapping[str, Any], defaults: Defaults, *, known_zones: Sequence[str] | None = None) -> JobRequirements:
+    """Validate a TrainingJob body and resolve every default. Raises InvalidSpec."""
+    meta = body.get("metadata") or {}
+    try:
+        spec = TrainingJobSpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        raise _spec_errors(exc) from None
+    _check_template(spec.template)
+    created_raw = meta.get("creationTimestamp")
+    created = parse_time(created_raw) if created_raw else None
+    duration = parse_duration(spec.schedule.estimated_duration)
+    if duration.total_seconds() <= 0:
+        raise InvalidSpec("spec.schedule.estimatedDuration", "must be longer than zero")
+    if spec.schedule.deadline is not None:
+        deadline = ensure_utc(spec.schedule.deadline)
+    else:
+        if created is None:
+            raise InvalidSpec("metadata.creationTimestamp", "needed to resolve schedule.maxDelay")
+        deadline = created + parse_duration(spec.schedule.max_delay) + duration
+    min_run = parse_duration(spec.schedule.min_run_duration) if spec.schedule.min_run_duration else defaults.min_run
+
+    power = spec.power
+    gpus = power.gpus if power and power.gpus is not None else template_gpus(spec.template)
+    if power and power.watts_per_gpu is not None:
+        per_gpu, src = power.watts_per_gpu, "spec"
+    elif power and power.gpu_model:
+        model = power.gpu_model.upper()
+        if model not in {k.upper() for k in defaults.gpu_watts}:
+            known = ", ".join(sorted(defaults.gpu_watts)) or "none configured"
+            raise InvalidSpec("spec.power.gpuModel", f"unknown GPU model {power.gpu_model!r} (known: {known})")
+        per_gpu = {k.upper(): v for k, v in defaults.gpu_watts.items()}[model]
+        src = "gpu-table"
+    else:
+        per_gpu, src = defaults.watts_per_gpu, "default"
+    watts = gpus * per_gpu if gpus > 0 else defaults.cpu_job_watts
+
+    carbon = spec.carbon
+    zone = (carbon.zone if carbon and carbon.zone else defaults.zone)
+    if known_zones is not None and zone not in known_zones:
+        raise InvalidSpec("spec.carbon.zone", f"unknown grid zone {zone!r}")
+    return JobRequirements(
+        namespace=meta.get("namespace") or "default",
+        name=meta.get("name") or "",
+        uid=meta.get("uid") or "",
+        created=created or deadline - duration,
+        deadline=deadline,
+        duration=duration,
+        interruptible=spec.schedule.interruptible,
+        min_run=min_run,
+        gpus=gpus,
+        watts=watts,
+        power_source=src,
+        zone=zone,
+        max_intensity=carbon.max_intensity if carbon else None,
+        budget_grams=carbon.budget_grams if carbon else None,
+        power_query=power.query if power else None,
+    )
+
+
+def check_feasible(req: JobRequirements, now: datetime, defaults: Defaults) -> None:
+    """At admission (before any Job exists): the deadline must still be reachable."""
+    earliest_finish = now + req.duration
+    if earliest_finish > req.deadline:
+        raise InvalidSpec(
+            "spec.schedule.deadline",
+            f"deadline {format_time(req.deadline)} cannot be met: running now for "
+            f"{req.duration} finishes at {format_time(earliest_finish)}",
+        )
+
+
+# ---------------------------------------------------------------- the Job it owns
+
+def job_name(tj_name: str) -> str:
+    """Deterministic, DNS-1123 label-safe (≤ 63 chars) name of the owned Job."""
+    name = f"{tj_name}-run"
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(tj_name.encode()).hexdigest()[:8]
+    return f"{tj_name[:50].rstrip('-.')}-{digest}-run"
+
+
+def job_manifest(req: JobRequirements, template: Mapping[str, Any]) -> dict[str, Any]:
+    """The batch/v1 Job, created suspended, owned by the TrainingJob (garbage-collected with it)."""
+    tmeta = dict(template.get("metadata") or {})
+    labels = {**(tmeta.get("labels") or {}), LABEL_MANAGED_BY: MANAGED_BY, LABEL_OWNER: req.name}
+    spec = dict(template.get("spec") or {})
+    spec["suspend"] = True
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(req.name),
+            "namespace": req.namespace,
+            "labels": labels,
+            "annotations": dict(tmeta.get("annotations") or {}),
+            "ownerReferences": [{
+                "apiVersion": API_VERSION, "kind": "TrainingJob", "name": req.name, "uid": req.uid,
+                "controller": True, "blockOwnerDeletion": True,
+            }],
+        },
+        "spec": spec,
+    }
+
+
+def owned_by(job: Mapping[str, Any], req: JobRequirements) -> bool:
+    refs = (job.get("metadata") or {}).get("ownerReferences") or []
+    return any(r.get("kind") == "TrainingJob" and r.get("name") == req.name
+               and (not req.uid or not r.get("uid") or r.get("uid") == req.uid) for r in refs)
+
+
+# ---------------------------------------------------------------- deciding
+
+@dataclass(frozen=True)
+class Outcome:
+    """What to do now and what to record."""
+
+    action: str        # "create" | "start" | "resume" | "pause" | "none"
+    phase: str         # Pending | Waiting | Running | Paused | Succeeded | Failed
+    reason: str        # CamelCase, also the Event reason
+    message: str
+    progress: Progress
+    remaining: timedelta
+    latest_start: datetime
+
+    @property
+    def changes_job(self) -> bool:
+        return self.action in ("create", "start", "resume", "pause")
+
+
+def remaining_work(req: JobRequirements, progress: Progress, now: datetime) -> timedelta:
+    return max(timedelta(0), req.duration - timedelta(seconds=progress.total(now)))
+
+
+def latest_start(req: JobRequirements, progress: Progress, now: datetime, defaults: Defaults) -> datetime:
+    return req.deadline - defaults.safety_margin - remaining_work(req, progress, now)
+
+
+def in_windows(now: datetime, windows: Sequence[tuple[datetime, datetime]] | None) -> bool:
+    return bool(windows) and any(s <= now < e for s, e in windows)
+
+
+def decide(req: JobRequirements, progress: Progress, job: JobObservation,
+           windows: Sequence[tuple[datetime, datetime]] | None, now: datetime,
+           defaults: Defaults, *, plan_reason: str | None = None) -> Outcome:
+    """Act now? A pure function of (requirements, progress, the Job, the plan, now).
+
+    ``windows``: the planned run windows (absolute), or None when no forecast could be
+    had — then the job waits until its latest safe start and runs regardless (fail open).
+    """
+    running = job.exists and not job.suspended
+    remaining = remaining_work(req, progress, now)
+    latest = latest_start(req, progress, now, defaults)
+
+    def out(action: str, phase: str, reason: str, message: str, prog: Progress = progress) -> Outcome:
+        return Outcome(action, phase, reason, message, prog, remaining_work(req, prog, now), latest)
+
+    if job.exists and (job.succeeded or job.failed):
+        stopped = replace(progress, run_seconds=progress.total(now), running_since=None)
+        if job.succeeded:
+            return out("none", "Succeeded", "JobSucceeded", f"Job {job_name(req.name)} completed", stopped)
+        return out("none", "Failed", "JobFailed", f"Job {job_name(req.name)} failed: {job.failure_message}".rstrip(": "), stopped)
+    if not job.exists:
+        return out("create", "Pending", "Created", f"creating Job {job_name(req.name)} suspended")
+
+    # Should the job be running now?
+    current_run = (now - progress.running_since).total_seconds() if running and progress.running_since else 0.0
+    if running and not req.interruptible:
+        run, reason, why = True, "Running", "a running non-interruptible job is never stopped"
+    elif running and remaining <= timedelta(0):
+        run, reason, why = True, "RunningPastEstimate", "estimated duration reached; letting the Job finish"
+    elif running and current_run < req.min_run.total_seconds():
+        run, reason, why = True, "MinRunDuration", f"run continues until minRunDuration ({req.min_run}) is reached"
+    elif now >= latest:
+        run, reason, why = True, "DeadlineForced", f"latest safe start {format_time(latest)} reached"
+    elif windows is None:
+        run, reason, why = False, "ForecastUnavailable", f"no forecast; will start by the latest safe start {format_time(latest)}"
+    elif in_windows(now, windows):
+        run, reason, why = True, plan_reason or "Planned", "inside a planned low-carbon window"
+    else:
+        nxt = min((s for s, _ in windows if s > now), default=None)
+        when = format_time(nxt) if nxt else format_time(latest)
+        run, reason, why = False, "Planned", f"waiting for the planned window at {when}"
+
+    if run and not running:
+        first = progress.runs == 0
+        prog = replace(progress, running_since=now, runs=progress.runs + 1)
+        return out("start" if first else "resume", "Running", reason,
+                   f"{'starting' if first else 'resuming'}: {why}", prog)
+    if not run and running:
+        prog = replace(progress, run_seconds=progress.total(now), running_since=None)
+        return out("pause", "Paused", reason, f"pausing after {timedelta(seconds=round(current_run))}: {why}", prog)
+    if run:
+        return out("none", "Running", reason, why)
+    phase = "Paused" if progress.run_seconds > 0 else "Waiting"
+    return out("none", phase, reason, why)

@@ -1,0 +1,156 @@
+"""The TrainingJob service: resolving specs, the owned Job, and the act-now decision."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+
+from greenml.services.board import PlanBoard
+from greenml.services.trainingjob import (
+    Defaults, InvalidSpec, JobObservation, Progress, check_feasible, decide, job_manifest, job_name, resolve,
+)
+from greenml.signals.base import IntensitySeries
+from greenml.signals.series import SeriesSource
+
+T0 = datetime(2024, 3, 4, 0, 0, tzinfo=timezone.utc)
+D = Defaults(zone="DE", safety_margin=timedelta(minutes=10), min_run=timedelta(minutes=30),
+             gpu_watts={"A100": 400.0}, step=timedelta(minutes=30))
+
+
+def body(**schedule):
+    sched = {"maxDelay": "8h", "estimatedDuration": "2h", **schedule}
+    return {
+        "apiVersion": "greenml.io/v1alpha1", "kind": "TrainingJob",
+        "metadata": {"name": "train", "namespace": "ml", "uid": "u-1", "creationTimestamp": "2024-03-04T00:00:00Z"},
+        "spec": {
+            "schedule": sched,
+            "template": {"spec": {"parallelism": 2, "template": {"spec": {"restartPolicy": "Never", "containers": [
+                {"name": "t", "image": "trainer:1", "resources": {"limits": {"nvidia.com/gpu": 4}}}]}}}},
+        },
+    }
+
+
+def test_resolve_defaults_and_gpus():
+    req = resolve(body(), D)
+    assert req.deadline == T0 + timedelta(hours=10)          # creation + maxDelay + duration
+    assert req.gpus == 8 and req.watts == 8 * D.watts_per_gpu and req.power_source == "default"
+    assert req.zone == "DE" and req.min_run == timedelta(minutes=30)
+
+
+def test_resolve_gpu_table_and_unknown_model():
+    b = body(); b["spec"]["power"] = {"gpuModel": "a100"}
+    assert resolve(b, D).watts == 8 * 400.0
+    b["spec"]["power"] = {"gpuModel": "Z9"}
+    with pytest.raises(InvalidSpec) as e:
+        resolve(b, D)
+    assert e.value.field == "spec.power.gpuModel"
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda b: b["spec"]["template"]["spec"]["template"]["spec"].update(containers=[]), "containers"),
+    (lambda b: b["spec"]["schedule"].update(deadline="2024-03-05T00:00:00Z"), "spec.schedule"),
+    (lambda b: b["spec"]["schedule"].update(estimatedDuration="soon"), "spec.schedule.estimatedDuration"),
+    (lambda b: b["spec"].update(surprise=1), "spec.surprise"),
+    (lambda b: b["spec"]["template"]["spec"]["template"]["spec"].update(restartPolicy="Always"), "restartPolicy"),
+])
+def test_resolve_rejects_with_field(mutate, field):
+    b = body(); mutate(b)
+    with pytest.raises(InvalidSpec) as e:
+        resolve(b, D)
+    assert field in e.value.field, e.value
+
+
+def test_infeasible_deadline_at_admission():
+    req = resolve(body(), D)
+    check_feasible(req, T0, D)
+    with pytest.raises(InvalidSpec, match="cannot be met"):
+        check_feasible(req, T0 + timedelta(hours=9), D)
+
+
+def test_job_manifest_is_suspended_owned_and_deterministic():
+    req = resolve(body(), D)
+    m = job_manifest(req, body()["spec"]["template"])
+    assert m["spec"]["suspend"] is True
+    assert m["metadata"]["name"] == job_name("train") == "train-run"
+    ref = m["metadata"]["ownerReferences"][0]
+    assert (ref["kind"], ref["uid"], ref["controller"]) == ("TrainingJob", "u-1", True)
+    long = job_name("x" * 70)
+    assert len(long) <= 63 and long == job_name("x" * 70)
+
+
+def windows(*pairs):
+    return [(T0 + timedelta(hours=a), T0 + timedelta(hours=b)) for a, b in pairs]
+
+
+def test_decide_table():
+    req = resolve(body(), D)
+    none, idle, run = Progress(), JobObservation(suspended=True), JobObservation(suspended=False)
+    # no Job yet → create
+    assert decide(req, none, JobObservation(exists=False), windows((3, 5)), T0, D).action == "create"
+    # waiting for a window
+    o = decide(req, none, idle, windows((3, 5)), T0, D)
+    assert (o.action, o.phase) == ("none", "Waiting")
+    # window opens → start
+    o = decide(req, none, idle, windows((3, 5)), T0 + timedelta(hours=3), D)
+    assert (o.action, o.phase, o.progress.runs) == ("start", "Running", 1)
+    # non-interruptible running outside any window → never stopped
+    started = Progress(running_since=T0 + timedelta(hours=3), runs=1)
+    o = decide(req, started, run, windows((6, 8)), T0 + timedelta(hours=4), D)
+    assert (o.action, o.phase) == ("none", "Running")
+    # no forecast → wait, then start at the latest safe start regardless
+    assert decide(req, none, idle, None, T0, D).reason == "ForecastUnavailable"
+    latest = req.deadline - D.safety_margin - req.duration
+    o = decide(req, none, idle, None, latest, D)
+    assert (o.action, o.reason) == ("start", "DeadlineForced")
+    # Job finished
+    assert decide(req, started, JobObservation(suspended=False, succeeded=True), None, T0 + timedelta(hours=5), D).phase == "Succeeded"
+
+
+def test_decide_interruptible_pause_resume_accumulates():
+    req = resolve(body(interruptible=True, minRunDuration="30m"), D)
+    p = Progress(running_since=T0, runs=1)
+    # min run not reached → keeps running even outside windows
+    o = decide(req, p, JobObservation(suspended=False), windows((2, 3)), T0 + timedelta(minutes=20), D)
+    assert o.action == "none" and o.reason == "MinRunDuration"
+    # after min run, outside windows → pause, run time accumulated
+    o = decide(req, p, JobObservation(suspended=False), windows((2, 3)), T0 + timedelta(hours=1), D)
+    assert (o.action, o.phase) == ("pause", "Paused") and o.progress.run_seconds == 3600
+    assert o.remaining == timedelta(hours=1)
+    # resume in the next window
+    o2 = decide(req, o.progress, JobObservation(suspended=True), windows((2, 3)), T0 + timedelta(hours=2), D)
+    assert (o2.action, o2.progress.runs) == ("resume", 2)
+
+
+def series(values, step=timedelta(minutes=30)):
+    return IntensitySeries(T0, step, np.asarray(values, dtype=float), source="test")
+
+
+def test_board_plans_cheapest_window_and_respects_capacity():
+    # 20 half-hour slots: cheap at slots 6-9 (3h-5h)
+    vals = [300] * 6 + [100] * 4 + [300] * 10
+    board = PlanBoard(D, SeriesSource(series(vals)), capacity=8)
+    a, b = resolve(body(), D), resolve({**body(), "metadata": {**body()["metadata"], "name": "b", "uid": "u-2"}}, D)
+    board.observe(a, Progress(), running=False)
+    board.observe(b, Progress(), running=False)
+    pa, _ = board.plan_for(a.key, T0)
+    pb, _ = board.plan_for(b.key, T0)
+    assert pa is not None and pb is not None
+    # both need 8 GPUs, capacity 8: they may not overlap, and one gets the cheap window
+    (sa, ea), (sb, eb) = pa.windows[0], pb.windows[0]
+    assert ea <= sb or eb <= sa
+    assert {sa, sb} & {T0 + timedelta(hours=3)}
+    assert max(pa.savings_percent, pb.savings_percent) > 0
+    assert board.stats.replans == 1
+    board.plan_for(a.key, T0 + timedelta(minutes=1))      # fresh: no replan
+    assert board.stats.replans == 1
+    board.plan_for(a.key, T0 + timedelta(minutes=20))     # past the replan interval
+    assert board.stats.replans == 2
+
+
+def test_board_forecast_failure_is_reported_per_zone():
+    board = PlanBoard(D, SeriesSource({"GB": series([100] * 40)}))
+    req = resolve(body(), D)   # zone DE: not served
+    board.observe(req, Progress(), running=False)
+    plan, failure = board.plan_for(req.key, T0)
+    assert plan is None and failure is not None and failure.reason == "UnknownZone"
