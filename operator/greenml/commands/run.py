@@ -1,0 +1,51 @@
+"""greenml run: start the operator (kopf) against KUBECONFIG or the in-cluster config."""
+from __future__ import annotations
+
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="run the operator (settings from GREENML_* env or GREENML_CONFIG file)")
+    p.add_argument("--namespace", "-n", action="append", help="watch only these namespaces (default: all)")
+    p.add_argument("--liveness", default=None, help="kopf liveness endpoint (default http://0.0.0.0:<health_port>/healthz)")
+    p.add_argument("--check", action="store_true", help="validate settings and exit")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from greenml.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"greenml: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        print("settings ok")
+        return 0
+    import asyncio
+
+    import kopf
+
+    from greenml import logs
+    from greenml.controllers import operator as op  # registers all handlers
+    import greenml.controllers  # noqa: F401
+
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        ctx = op.build_context(settings)
+    except Exception as exc:  # bad provider settings, unreadable file, no kubeconfig
+        print(f"greenml: cannot start: {exc}", file=sys.stderr)
+        return 2
+    memo = kopf.Memo(ctx=ctx, greenml_settings=settings)
+    namespaces = args.namespace or ([settings.namespace] if settings.namespace else None)
+    liveness = args.liveness or f"http://0.0.0.0:{settings.health_port}/healthz"
+    asyncio.run(kopf.operator(
+        clusterwide=namespaces is None,
+        namespaces=namespaces or (),
+        liveness_endpoint=liveness,
+        memo=memo,
+        standalone=settings.peering is None,
+        peering_name=settings.peering,
+    ))
+    return 0

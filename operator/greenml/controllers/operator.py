@@ -1,0 +1,81 @@
+"""Operator-wide handlers: start-up (settings → context in memo, kopf settings), node capacity."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from greenml.controllers.context import Context
+from greenml.kube import Kube
+from greenml.kube.client import node_gpus
+from greenml.services.board import PlanBoard
+from greenml.services.trainingjob import Defaults
+from greenml.settings import Settings, load_settings
+
+log = logging.getLogger("greenml.operator")
+
+PREFIX = "greenml.io"
+
+
+def gpu_table() -> dict[str, float]:
+    try:
+        from greenml.signals.gpus import watts_table
+    except ImportError:  # the table ships with the signals package
+        return {}
+    return dict(watts_table())
+
+
+def build_context(settings: Settings, kube: Kube | None = None) -> Context:
+    from greenml.signals import build_source
+
+    defaults = Defaults.from_settings(settings, gpu_table())
+    kube = kube or Kube()
+    ctx_ref: dict[str, Context] = {}
+    board = PlanBoard(
+        defaults, build_source(settings),
+        replan_interval=settings.duration("replan_interval"),
+        horizon=settings.duration("horizon"),
+        capacity=lambda: ctx_ref["ctx"].capacity(),
+    )
+    ctx = Context(settings=settings, kube=kube, defaults=defaults, board=board)
+    ctx_ref["ctx"] = ctx
+    return ctx
+
+
+def configure_kopf(ks: kopf.OperatorSettings, settings: Settings) -> None:
+    # kopf's own bookkeeping lives in annotations, so status holds only our declared schema
+    ks.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    ks.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=PREFIX)
+    ks.persistence.finalizer = f"{PREFIX}/finalizer"
+    ks.posting.level = logging.WARNING        # our own Events are explicit; kopf posts only problems
+    ks.watching.server_timeout = 300
+    ks.watching.client_timeout = 330
+    ks.batching.error_delays = [1, 2, 5, 10, 30, 60]   # backoff on API errors: no hot loops
+    ks.execution.max_workers = 8
+    if settings.peering:
+        ks.peering.name = settings.peering
+        ks.peering.standalone = False
+        ks.peering.mandatory = True
+    else:
+        ks.peering.standalone = True
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    ours: Settings = memo.get("greenml_settings") or load_settings()
+    configure_kopf(settings, ours)
+    if "ctx" not in memo:
+        memo.ctx = build_context(ours)
+    log.info("greenml operator started", extra={"provider": ours.provider, "zone": ours.default_zone})
+
+
+@kopf.on.event("", "v1", "nodes")
+def node_capacity(body: kopf.Body, type: str, memo: kopf.Memo, **_: Any) -> None:
+    """Track each node's allocatable GPUs (the capacity for shifted jobs)."""
+    ctx: Context = memo.ctx
+    name = body.get("metadata", {}).get("name", "")
+    if type == "DELETED":
+        ctx.node_gpus.pop(name, None)
+    else:
+        ctx.node_gpus[name] = node_gpus(body)

@@ -1,0 +1,250 @@
+"""TrainingJob handlers: thin. Everything they decide comes from greenml.services.trainingjob.
+
+Intent is persisted in status (``progress.runningSince``): the Job is reconciled to
+match it, so a restart at any point loses nothing, creates no duplicate (deterministic
+name + adoption on 409) and still meets the deadline.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+from datetime import datetime
+from typing import Any, Mapping
+
+import kopf
+
+from greenml.controllers.context import Context
+from greenml.kube import ApiError, Conflict, Transient
+from greenml.services.trainingjob import (
+    LABEL_MANAGED_BY, LABEL_OWNER, MANAGED_BY, InvalidSpec, JobObservation, Outcome, Progress,
+    check_feasible, decide, job_manifest, job_name, owned_by, resolve,
+)
+from greenml.timeutil import format_time
+
+log = logging.getLogger("greenml.trainingjob")
+RESOURCE = ("greenml.io", "v1alpha1", "trainingjobs")
+FINAL = ("Succeeded", "Failed")
+
+
+# ------------------------------------------------------------------ Job index
+@kopf.index("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY})
+def greenml_jobs(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """Owned Jobs by (namespace, TrainingJob name): the operator reads these, never GETs per tick."""
+    meta = body.get("metadata", {})
+    labels = meta.get("labels") or {}
+    if labels.get(LABEL_MANAGED_BY) != MANAGED_BY or not labels.get(LABEL_OWNER):
+        return {}   # the emulator ignores label selectors: filter here too
+    return {(meta.get("namespace"), labels[LABEL_OWNER]): {"metadata": dict(meta), "spec": dict(body.get("spec") or {}),
+                                                             "status": dict(body.get("status") or {})}}
+
+
+def _observed(index: kopf.Index, namespace: str, name: str) -> Mapping[str, Any] | None:
+    store = index.get((namespace, name))
+    if not store:
+        return None
+    for job in store:
+        return job
+    return None
+
+
+# ------------------------------------------------------------------ status helpers
+def condition(type_: str, status: bool, reason: str, message: str, now: datetime, generation: int | None,
+              previous: list[Mapping[str, Any]] | None) -> dict[str, Any]:
+    old = next((c for c in previous or [] if c.get("type") == type_), None)
+    st = "True" if status else "False"
+    changed = old is None or old.get("status") != st
+    return {"type": type_, "status": st, "reason": reason, "message": message[:32000],
+            "lastTransitionTime": format_time(now) if changed else old.get("lastTransitionTime", format_time(now)),
+            "observedGeneration": generation}
+
+
+def merge_conditions(previous: list[Mapping[str, Any]] | None, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_type = {c.get("type"): dict(c) for c in previous or []}
+    for c in new:
+        by_type[c["type"]] = c
+    return list(by_type.values())
+
+
+def post_event(body: Mapping[str, Any], warning: bool, reason: str, message: str) -> None:
+    kopf.event(body, type="Warning" if warning else "Normal", reason=reason, message=message)
+
+
+# ------------------------------------------------------------------ invalid specs
+def reject(body: Mapping[str, Any], status: Mapping[str, Any], patch: kopf.Patch, err: InvalidSpec,
+           now: datetime, generation: int | None) -> None:
+    message = f"invalid spec: {err.field}: {err.message}"
+    conds = merge_conditions(status.get("conditions"), [
+        condition("InvalidSpec", True, "InvalidSpec", message, now, generation, status.get("conditions")),
+        condition("Ready", False, "InvalidSpec", message, now, generation, status.get("conditions")),
+    ])
+    already = (status.get("lastDecision") or {}).get("message") == message
+    patch.status["phase"] = "Failed"
+    patch.status["conditions"] = conds
+    patch.status["observedGeneration"] = generation
+    patch.status["lastDecision"] = {"time": format_time(now), "action": "reject", "reason": "InvalidSpec", "message": message}
+    if not already:
+        post_event(body, True, "InvalidSpec", message)
+
+
+# ------------------------------------------------------------------ reconcile
+async def reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, memo: kopf.Memo,
+                    greenml_jobs: kopf.Index, **_: Any) -> None:
+    ctx: Context = memo.ctx
+    now = ctx.clock()
+    meta = body.get("metadata", {})
+    generation = meta.get("generation")
+    status = dict(status or {})
+    if status.get("phase") in FINAL and status.get("observedGeneration") == generation:
+        return
+    ns, name = meta.get("namespace"), meta.get("name")
+    try:
+        req = resolve(body, ctx.defaults)
+    except InvalidSpec as err:
+        ctx.board.forget((ns, name))
+        reject(body, status, patch, err, now, generation)
+        return
+    progress = Progress.from_status(status)
+    job = _observed(greenml_jobs, ns, name)
+    if job is not None and not owned_by(job, req):
+        msg = f"a Job named {job_name(name)} exists and is not owned by this TrainingJob"
+        reject(body, status, patch, InvalidSpec("metadata.name", msg), now, generation)
+        return
+    if job is None and not status.get("jobName"):
+        try:
+            check_feasible(req, now, ctx.defaults)
+        except InvalidSpec as err:
+            ctx.board.forget((ns, name))
+            reject(body, status, patch, err, now, generation)
+            return
+    observed = JobObservation.from_job(job)
+    # our persisted intent says whether the job runs; the Job is brought in line with it
+    intended = replace(observed, suspended=progress.running_since is None) if observed.exists else observed
+
+    windows, plan, failure = None, None, None
+    if not (observed.succeeded or observed.failed):
+        ctx.board.observe(req, progress, running=progress.running_since is not None)
+        plan, failure = await asyncio.to_thread(ctx.board.plan_for, req.key, now)
+        windows = list(plan.windows) if plan else None
+    else:
+        ctx.board.forget(req.key)
+    outcome = decide(req, progress, intended, windows, now, ctx.defaults, plan_reason=plan.reason if plan else None)
+
+    try:
+        await asyncio.to_thread(apply, ctx, req, body, outcome, observed, job)
+    except Transient as exc:
+        raise kopf.TemporaryError(str(exc), delay=10) from None
+    except ApiError as exc:
+        raise kopf.TemporaryError(f"{exc} (will retry)", delay=60) from None
+
+    write_status(body, status, patch, req, outcome, plan, failure, now, generation)
+    if outcome.phase in FINAL:
+        ctx.board.forget(req.key)
+
+
+def apply(ctx: Context, req, body: Mapping[str, Any], outcome: Outcome, observed: JobObservation,
+          job: Mapping[str, Any] | None) -> None:
+    """Bring the Job in line with the decision (idempotent)."""
+    kube = ctx.kube
+    name = job_name(req.name)
+    if outcome.action == "create":
+        manifest = job_manifest(req, body["spec"]["template"])
+        try:
+            kube.create_job(manifest)
+        except Conflict:
+            existing = kube.get_job(req.namespace, name)
+            if existing is None or not owned_by(existing, req):
+                raise ApiError(f"Job {req.namespace}/{name} exists and is not owned by this TrainingJob") from None
+        return
+    if not observed.exists or observed.succeeded or observed.failed:
+        return
+    want_suspended = outcome.progress.running_since is None
+    if observed.suspended != want_suspended:
+        kube.set_job_suspended(req.namespace, name, want_suspended)
+
+
+def write_status(body, status, patch: kopf.Patch, req, outcome: Outcome, plan, failure, now: datetime,
+                 generation: int | None) -> None:
+    prev = status.get("conditions")
+    conds = [condition("InvalidSpec", False, "Valid", "spec accepted", now, generation, prev)]
+    if plan is not None:
+        src = f"{plan.source}{' (estimate)' if plan.estimate else ''}"
+        conds.append(condition("Planned", True, plan.reason, f"planned on the {src} forecast", now, generation, prev))
+        patch.status["plan"] = {
+            "windows": [{"start": format_time(s), "end": format_time(e)} for s, e in plan.windows],
+            "plannedStart": format_time(plan.planned_start) if plan.planned_start else None,
+            "latestStart": format_time(outcome.latest_start),
+            "expectedGrams": round(plan.expected_grams, 3),
+            "runNowGrams": round(plan.run_now_grams, 3),
+            "savingsPercent": plan.savings_percent,
+            "forecastSource": src,
+            "computedAt": format_time(plan.computed_at),
+        }
+        if req.budget_grams is not None and plan.expected_grams > req.budget_grams:
+            conds.append(condition("OverBudget", True, "OverBudget",
+                                   f"expected {plan.expected_grams:.0f} g exceeds budgetGrams {req.budget_grams:.0f} g",
+                                   now, generation, prev))
+    if failure is not None:
+        conds.append(condition("ForecastUnavailable", True, failure.reason,
+                               f"no forecast for zone {failure.zone}: {failure.message}; the job starts by its "
+                               f"latest safe start {format_time(outcome.latest_start)}", now, generation, prev))
+    elif any(c.get("type") == "ForecastUnavailable" for c in prev or []):
+        conds.append(condition("ForecastUnavailable", False, "ForecastAvailable", "forecast available", now, generation, prev))
+    ready = outcome.phase not in ("Failed",)
+    conds.append(condition("Ready", ready, outcome.reason, outcome.message, now, generation, prev))
+    if outcome.reason == "DeadlineForced":
+        conds.append(condition("DeadlineForced", True, "DeadlineForced", outcome.message, now, generation, prev))
+
+    run_s = outcome.progress.total(now)
+    patch.status["phase"] = outcome.phase
+    patch.status["jobName"] = job_name(req.name)
+    patch.status["deadline"] = format_time(req.deadline)
+    patch.status["progress"] = outcome.progress.to_status()
+    patch.status["usage"] = {"energyKwh": round(run_s * req.watts / 3.6e6, 6),
+                             "grams": (status.get("usage") or {}).get("grams", 0.0),
+                             "source": f"power-model ({req.power_source})"}
+    patch.status["conditions"] = merge_conditions(prev, conds)
+    patch.status["observedGeneration"] = generation
+    last = status.get("lastDecision") or {}
+    if outcome.changes_job or outcome.phase != status.get("phase") or last.get("reason") != outcome.reason:
+        patch.status["lastDecision"] = {"time": format_time(now), "action": outcome.action,
+                                        "reason": outcome.reason, "message": outcome.message}
+        warning = outcome.phase == "Failed" or outcome.reason in ("DeadlineForced", "ForecastUnavailable")
+        post_event(body, warning, outcome.reason if outcome.action == "none" else outcome.action.capitalize(),
+                   outcome.message)
+
+
+# ------------------------------------------------------------------ registration
+def _tick(memo_settings: Any = None) -> float:
+    from greenml.settings import load_settings
+    try:
+        return load_settings().tick_interval
+    except Exception:  # settings errors are reported at start-up by `greenml run`
+        return 30.0
+
+
+TICK = _tick()
+
+
+@kopf.on.resume(*RESOURCE)
+@kopf.on.create(*RESOURCE)
+@kopf.on.update(*RESOURCE, field="spec")
+async def on_change(**kwargs: Any) -> None:
+    await reconcile(**kwargs)
+
+
+@kopf.timer(*RESOURCE, interval=TICK, initial_delay=TICK)
+async def on_tick(**kwargs: Any) -> None:
+    await reconcile(**kwargs)
+
+
+@kopf.on.delete(*RESOURCE, optional=True)
+async def on_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Owner references let the garbage collector remove the Job; delete it too in case GC is off."""
+    ctx: Context = memo.ctx
+    meta = body.get("metadata", {})
+    ctx.board.forget((meta.get("namespace"), meta.get("name")))
+    try:
+        await asyncio.to_thread(ctx.kube.delete_job, meta.get("namespace"), job_name(meta.get("name")))
+    except ApiError as exc:
+        log.warning("could not delete Job: %s", exc)
