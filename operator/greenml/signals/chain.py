@@ -1,0 +1,151 @@
+"""The fallback chain: provider → own forecaster on cached provider history → embedded.
+
+A provider outage never stops a plan: every call ends at the embedded profile, which
+knows the main zones offline. The returned series says who served it:
+
+- ``source``: the serving link's name ("electricitymaps", "forecaster(electricitymaps)", "embedded");
+- ``meta["link"]``: "provider" | "forecaster" | "embedded";
+- ``meta["fallback"]``: ``[{"link": ..., "reason": ..., "message": ...}]`` for each link
+  that failed before it (reasons: Timeout, Unauthorized, RateLimited, ServerError,
+  Malformed, UnknownZone, Stale, InsufficientHistory, Unavailable).
+
+Messages come from SignalError texts, which never carry credentials (providers redact).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Callable
+
+from greenml.signals.base import CarbonSource, IntensitySeries, SignalError
+from greenml.signals.embedded import EmbeddedSource
+from greenml.signals.forecaster import ForecasterPolicy, forecast_from_history
+from greenml.signals.robust import Clock, TTLCache, check_fresh
+from greenml.timeutil import ensure_utc
+
+
+@dataclass(frozen=True)
+class ChainPolicy:
+    """Freshness and caching rules of the chain."""
+
+    current_max_age: timedelta = timedelta(hours=2)     # a "current" value older than this is Stale
+    forecast_max_age: timedelta = timedelta(hours=6)    # a forecast issued longer ago is Stale
+    history_lookback: timedelta = timedelta(days=14)    # what the own forecaster asks the provider for
+    history_ttl: float = 3600.0                         # seconds a fetched history is reused
+    history_max_stale: timedelta = timedelta(hours=24)  # cached history usable on error if it ends within this
+    forecast_ttl: float = 300.0                         # seconds a provider forecast is reused
+    forecaster: ForecasterPolicy = ForecasterPolicy()
+
+
+def _mark(series: IntensitySeries, link: str, failures: list[dict]) -> IntensitySeries:
+    return replace(series, meta={**series.meta, "link": link, "fallback": list(failures)})
+
+
+def _failure(link: str, exc: SignalError) -> dict:
+    return {"link": link, "reason": exc.reason, "message": str(exc)}
+
+
+class FallbackChain:
+    """A CarbonSource that tries ``primary`` (None: none configured), then the own
+    forecaster on the primary's history, then ``fallback`` (the embedded profile)."""
+
+    def __init__(self, primary: CarbonSource | None, *, fallback: CarbonSource | None = None,
+                 policy: ChainPolicy = ChainPolicy(), clock: Clock = time.monotonic,
+                 forecaster: Callable[..., IntensitySeries] = forecast_from_history) -> None:
+        self.primary = primary
+        self.fallback = fallback or EmbeddedSource()
+        self.policy = policy
+        self._forecast = forecaster
+        self._history_cache: TTLCache[IntensitySeries] = TTLCache(policy.history_ttl, clock=clock)
+        self._forecast_cache: TTLCache[IntensitySeries] = TTLCache(policy.forecast_ttl, clock=clock)
+        self.name = f"chain({primary.name if primary else 'none'}>{self.fallback.name})"
+
+    def __repr__(self) -> str:
+        return f"FallbackChain(primary={getattr(self.primary, 'name', None)!r}, fallback={self.fallback.name!r})"
+
+    # -- links -------------------------------------------------------------------------
+    def _fallback(self, call: Callable[[CarbonSource], IntensitySeries], failures: list[dict]) -> IntensitySeries:
+        try:
+            return _mark(call(self.fallback), "embedded", failures)
+        except SignalError as exc:
+            failures.append(_failure(self.fallback.name, exc))
+            summary = "; ".join(f"{f['link']}: {f['reason']}" for f in failures)
+            err = SignalError(f"no source could serve ({summary})", reason=exc.reason)
+            err.failures = failures  # type: ignore[attr-defined]
+            raise err from None
+
+    def _history_for_forecaster(self, zone: str, now: datetime) -> IntensitySeries:
+        assert self.primary is not None
+        key = (zone,)
+        cached = self._history_cache.get(key)
+        if cached is not None and cached.end >= now - timedelta(hours=1):
+            return cached
+        try:
+            hist = self.primary.history(zone, now - self.policy.history_lookback, now)
+            if len(hist) == 0:
+                raise SignalError(f"{self.primary.name}: empty history for {zone}", reason="Malformed")
+            self._history_cache.put(key, hist)
+            return hist
+        except SignalError:
+            stale = self._history_cache.get_stale(key)
+            if stale is not None and now - stale.end <= self.policy.history_max_stale:
+                return stale
+            raise
+
+    # -- CarbonSource ------------------------------------------------------------------
+    def current(self, zone: str, now: datetime) -> IntensitySeries:
+        now = ensure_utc(now)
+        failures: list[dict] = []
+        if self.primary is not None:
+            try:
+                s = check_fresh(self.primary.current(zone, now), now, self.policy.current_max_age, self.primary.name)
+                return _mark(s, "provider", failures)
+            except SignalError as exc:
+                failures.append(_failure(self.primary.name, exc))
+        return self._fallback(lambda src: src.current(zone, now), failures)
+
+    def history(self, zone: str, start: datetime, end: datetime) -> IntensitySeries:
+        failures: list[dict] = []
+        if self.primary is not None:
+            try:
+                s = self.primary.history(zone, start, end)
+                if len(s) == 0:
+                    raise SignalError(f"{self.primary.name}: no history for {zone}", reason="Malformed")
+                return _mark(s, "provider", failures)
+            except SignalError as exc:
+                failures.append(_failure(self.primary.name, exc))
+        return self._fallback(lambda src: src.history(zone, start, end), failures)
+
+    def forecast(self, zone: str, now: datetime, horizon: timedelta) -> IntensitySeries:
+        now = ensure_utc(now)
+        failures: list[dict] = []
+        if self.primary is not None:
+            try:
+                return _mark(self._provider_forecast(zone, now, horizon), "provider", failures)
+            except SignalError as exc:
+                failures.append(_failure(self.primary.name, exc))
+            try:
+                hist = self._history_for_forecaster(zone, now)
+                return _mark(self._forecast(hist, now, horizon, self.policy.forecaster), "forecaster", failures)
+            except SignalError as exc:
+                failures.append(_failure(f"forecaster({self.primary.name})", exc))
+        return self._fallback(lambda src: src.forecast(zone, now, horizon), failures)
+
+    def _provider_forecast(self, zone: str, now: datetime, horizon: timedelta) -> IntensitySeries:
+        assert self.primary is not None
+        key = (zone, horizon)
+        cached = self._forecast_cache.get(key)
+        if cached is not None and cached.start <= now < cached.end:
+            return cached
+        s = self.primary.forecast(zone, now, horizon)
+        if len(s) == 0:
+            raise SignalError(f"{self.primary.name}: empty forecast for {zone}", reason="Malformed")
+        issued = s.issued_at or s.start
+        if now - issued > self.policy.forecast_max_age:
+            raise SignalError(f"{self.primary.name}: forecast issued {issued.isoformat()} is older than "
+                              f"{self.policy.forecast_max_age}", reason="Stale")
+        if s.end <= now:
+            raise SignalError(f"{self.primary.name}: forecast ends {s.end.isoformat()}, before now", reason="Stale")
+        self._forecast_cache.put(key, s)
+        return s

@@ -1,0 +1,173 @@
+"""Intensity from a CSV file or a ConfigMap (air-gapped clusters, the simulator, tests).
+
+Format: a header row; a time column named ``datetime_utc``, ``datetime``, ``from_utc``
+or ``timestamp`` (ISO 8601; naive times are UTC); and one or more numeric columns
+(gCO2e/kWh). ``column=`` picks one; by default the first numeric column. Rows are put
+on a regular grid whose step is the smallest spacing in the file; missing slots and
+empty cells are filled by linear interpolation and counted in ``meta["filled"]``.
+
+The forecast a file serves is the file itself from ``now`` on: a *perfect* forecast,
+labelled ``meta["forecast"] = "perfect"`` (only right for replay and simulation).
+"""
+from __future__ import annotations
+
+import csv
+import io
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from greenml.signals.base import IntensitySeries, SignalError
+from greenml.signals.series import SeriesSource
+from greenml.timeutil import parse_time
+
+TIME_COLUMNS = ("datetime_utc", "datetime", "from_utc", "timestamp")
+MAX_FILL_RATIO = 3.0  # a grid more than 3x the rows means the file is not regular
+
+
+class IntensityFileError(SignalError):
+    """A CSV that cannot be read as an intensity series; the message names file, line, column."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="Malformed")
+
+
+def _time_column(header: list[str], name: str) -> int:
+    for col in TIME_COLUMNS:
+        if col in header:
+            return header.index(col)
+    raise IntensityFileError(f"{name}: no time column; expected one of {', '.join(TIME_COLUMNS)} in header {header}")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _value_column(header: list[str], rows: list[list[str]], column: str | None, tcol: int, name: str) -> int:
+    if column is not None:
+        if column not in header:
+            raise IntensityFileError(f"{name}: column {column!r} not in header {header}")
+        return header.index(column)
+    for j, col in enumerate(header):
+        if j != tcol and any(len(r) > j and r[j].strip() and _is_number(r[j]) for r in rows[:50]):
+            return j
+    raise IntensityFileError(f"{name}: no numeric column in header {header}")
+
+
+def _parse_rows(rows: list[list[str]], tcol: int, vcol: int, name: str, colname: str) -> tuple[list[datetime], list[float]]:
+    times: list[datetime] = []
+    vals: list[float] = []
+    for line, row in enumerate(rows, start=2):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) <= max(tcol, vcol):
+            raise IntensityFileError(f"{name}:{line}: expected at least {max(tcol, vcol) + 1} fields, got {len(row)}")
+        try:
+            t = parse_time(row[tcol])
+        except ValueError:
+            raise IntensityFileError(f"{name}:{line}: bad time {row[tcol]!r}") from None
+        cell = row[vcol].strip()
+        if cell == "":
+            v = float("nan")
+        else:
+            try:
+                v = float(cell)
+            except ValueError:
+                raise IntensityFileError(f"{name}:{line}: column {colname!r}: not a number: {cell!r}") from None
+            if not np.isfinite(v) or v < 0:
+                raise IntensityFileError(f"{name}:{line}: column {colname!r}: intensity must be finite and >= 0, got {cell}")
+        times.append(t)
+        vals.append(v)
+    if not times:
+        raise IntensityFileError(f"{name}: no data rows")
+    return times, vals
+
+
+def _regular(times: list[datetime], vals: list[float], name: str) -> tuple[datetime, timedelta, np.ndarray, int]:
+    order = sorted(range(len(times)), key=times.__getitem__)
+    t0 = times[order[0]]
+    secs = np.array([(times[i] - t0).total_seconds() for i in order])
+    v = np.array([vals[i] for i in order], dtype=np.float64)
+    if len(secs) == 1:
+        if np.isnan(v[0]):
+            raise IntensityFileError(f"{name}: the only row has no value")
+        return t0, timedelta(hours=1), v, 0
+    diffs = np.diff(secs)
+    if (diffs == 0).any():
+        dup = times[order[int(np.argmax(diffs == 0)) + 1]]
+        raise IntensityFileError(f"{name}: duplicate timestamp {dup.isoformat()}")
+    step = float(diffs.min())
+    idx = secs / step
+    if not np.allclose(idx, np.round(idx), atol=1e-6):
+        raise IntensityFileError(f"{name}: timestamps are not on a regular grid of {step:g} s")
+    idx = np.round(idx).astype(np.int64)
+    n = int(idx[-1]) + 1
+    if n > MAX_FILL_RATIO * len(idx):
+        raise IntensityFileError(f"{name}: too sparse for a regular series ({len(idx)} rows over {n} slots of {step:g} s)")
+    grid = np.full(n, np.nan)
+    grid[idx] = v
+    known = ~np.isnan(grid)
+    if not known.any():
+        raise IntensityFileError(f"{name}: no values")
+    filled = int(n - known.sum())
+    if filled:
+        pos = np.arange(n)
+        grid = np.interp(pos, pos[known], grid[known])
+    return t0, timedelta(seconds=step), grid, filled
+
+
+def parse_intensity_csv(text: str, *, column: str | None = None, name: str = "<csv>",
+                        source: str = "file") -> IntensitySeries:
+    """Parse CSV text into a regular IntensitySeries (see the module docstring)."""
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        raise IntensityFileError(f"{name}: empty file") from None
+    rows = list(reader)
+    tcol = _time_column(header, name)
+    vcol = _value_column(header, rows, column, tcol, name)
+    times, vals = _parse_rows(rows, tcol, vcol, name, header[vcol])
+    start, step, values, filled = _regular(times, vals, name)
+    return IntensitySeries(start, step, values, source=source,
+                           meta={"file": name, "column": header[vcol], "filled": filled})
+
+
+def load_intensity_csv(path: str | Path, *, column: str | None = None, source: str = "file") -> IntensitySeries:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise IntensityFileError(f"{p}: cannot read intensity file: {exc.strerror or exc}") from None
+    return parse_intensity_csv(text, column=column, name=str(p), source=source)
+
+
+class FileSource(SeriesSource):
+    """Serves one CSV for every zone, or one CSV per zone (``{"DE": path, ...}``)."""
+
+    def __init__(self, path: str | Path | Mapping[str, str | Path], *, column: str | None = None) -> None:
+        if isinstance(path, Mapping):
+            series = {zone: load_intensity_csv(p, column=column) for zone, p in path.items()}
+        else:
+            series = {"*": load_intensity_csv(path, column=column)}
+        super().__init__(series, name="file")
+
+
+def configmap_source(data: Mapping[str, str], *, column: str | None = None) -> SeriesSource:
+    """A source from a ConfigMap's ``data``: keys ``<zone>.csv`` give per-zone series;
+    a single key of any other name serves every zone."""
+    if not data:
+        raise IntensityFileError("ConfigMap has no data keys")
+    series: dict[str, IntensitySeries] = {}
+    for key, text in data.items():
+        zone = key[:-4] if key.endswith(".csv") else "*"
+        if zone == "*" and len(data) > 1:
+            raise IntensityFileError(f"ConfigMap key {key!r}: with several keys each must be named <zone>.csv")
+        series[zone] = parse_intensity_csv(text, column=column, name=f"configmap:{key}", source="configmap")
+    return SeriesSource(series, name="configmap")
