@@ -7,8 +7,8 @@ IntensitySeries`` that ``SeriesSource`` accepts.
   Middleware '21, §5: the same noisy series serves every issue time).
 - ``snapshots``: forecasts as really issued (FORECASTS.csv): the latest issue at or
   before ``now``.
-- ``builtin``: greenml's own forecaster from past actuals only (``greenml.signals.forecaster``
-  when present; until then a seasonal-naive stand-in: the last 24 h repeated).
+- ``builtin``: greenml's own forecaster (``greenml.signals.forecaster``) from past actuals only.
+- ``seasonal_naive``: the last 24 h repeated (a reference point for the benchmarks).
 """
 from __future__ import annotations
 
@@ -78,15 +78,20 @@ def snapshots(snaps: ForecastSnapshots) -> Forecaster:
 
 
 def builtin(actual: IntensitySeries) -> Forecaster:
-    """Greenml's forecaster from past actuals only (never reads a slot that starts at or after now)."""
-    try:  # the real one, when it has landed
-        from greenml.signals import forecaster as own  # type: ignore[attr-defined]
-        make = getattr(own, "sim_forecaster", None)
-        if make is not None:
-            return make(actual)
-    except ImportError:
-        pass
-    return seasonal_naive(actual)
+    """Greenml's own forecaster (``signals.forecaster.forecast_from_history``) fed only the
+    actuals before ``now`` (the history is cut there before the forecaster sees it)."""
+    from greenml.signals.forecaster import ForecasterPolicy, forecast_from_history
+
+    fp = ForecasterPolicy()
+    lookback = timedelta(days=fp.days)
+
+    def forecast(zone: str, now: datetime, horizon: timedelta) -> IntensitySeries:
+        i = actual.index_of(now)
+        past = actual.window(max(actual.start, now - lookback), actual.start + actual.step * max(0, i))
+        if len(past) == 0:
+            raise SignalError(f"no history before {now.isoformat()} to forecast from", reason="InsufficientHistory")
+        return forecast_from_history(past, now, horizon, fp)
+    return forecast
 
 
 def seasonal_naive(actual: IntensitySeries) -> Forecaster:
