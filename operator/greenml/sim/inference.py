@@ -1,0 +1,349 @@
+"""Replay an InferenceBudget over real traces through the operator's own decision code.
+
+``simulate_inference`` walks time step by step. At each step the policy (by default
+:func:`greenml.planning.inference.decide`, exactly what the operator runs) sees only
+the measured intensity and load of the current step and a forecast of the rest of the
+period as issued then (the actuals, or the actuals with multiplicative Gaussian noise of
+``forecast_error`` relative std, drawn afresh at every step). Spend is accounted on the
+actual intensity and load. Baselines (always-best, always-cheapest, intensity
+threshold) share the loop; :func:`offline_reference` gives the perfect-foresight
+optimum per period.
+
+``greenml simulate inference --intensity CSV --load CSV --budget BUDGET.yaml`` is
+:func:`run_cli` (wired by ``greenml/commands/simulate.py``).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import yaml
+
+from greenml.api import InferenceBudget, InferenceBudgetSpec
+from greenml.planning.inference import (BudgetModel, BudgetState, PacingConfig, VariantDecision,
+                                        compile_spec, decide, mean_quality, new_state, offline_optimum,
+                                        step_costs)
+from greenml.planning.periods import periods_between
+from greenml.signals.base import IntensitySeries
+from greenml.timeutil import format_time, parse_time
+
+Policy = Callable[[BudgetModel, BudgetState, np.ndarray, np.ndarray, timedelta, datetime, float, float],
+                  VariantDecision]
+
+_VALUE_COLUMNS = ("ci_lca_gco2eq_per_kwh", "ci_gco2eq_per_kwh", "actual_gco2_per_kwh", "moer_gco2_per_kwh",
+                  "intensity", "gco2_per_kwh")
+_TIME_COLUMNS = ("datetime_utc", "datetime", "from_utc", "time", "timestamp")
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _regular(path: Path, times: list[datetime], values: list[float], what: str) -> tuple[datetime, timedelta, np.ndarray]:
+    """Put (time, value) rows on a regular grid (the most common spacing); gaps repeat the last value."""
+    if len(times) < 2:
+        raise ValueError(f"{path}: need at least 2 rows of {what}, found {len(times)}")
+    order = np.argsort(np.array([t.timestamp() for t in times]))
+    ts = np.array([times[i].timestamp() for i in order])
+    vs = np.array([values[i] for i in order], dtype=np.float64)
+    diffs = np.diff(ts)
+    if (diffs <= 0).any():
+        raise ValueError(f"{path}: duplicate timestamps in {what}")
+    step = float(np.median(diffs))
+    idx = np.round((ts - ts[0]) / step).astype(np.int64)
+    grid = np.full(int(idx[-1]) + 1, np.nan)
+    grid[idx] = vs
+    fill = np.where(np.isfinite(grid), np.arange(grid.size), 0)
+    grid = grid[np.maximum.accumulate(fill)]
+    return times[int(order[0])], timedelta(seconds=step), grid
+
+
+def _rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            return list(reader.fieldnames or []), rows
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read ({exc.strerror})") from exc
+
+
+def _column(path: Path, header: list[str], names: tuple[str, ...], what: str) -> str:
+    for n in names:
+        if n in header:
+            return n
+    raise ValueError(f"{path}: no {what} column (expected one of {', '.join(names)}; found {', '.join(header)})")
+
+
+def _parse(path: Path, rows: list[dict[str, str]], tcol: str, vcol: str) -> tuple[list[datetime], list[float]]:
+    times, values = [], []
+    for i, row in enumerate(rows, start=2):
+        raw = (row.get(vcol) or "").strip()
+        if not raw:
+            continue  # a missing value: filled from the previous one
+        try:
+            times.append(parse_time(row[tcol]))
+            values.append(float(raw))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{path}:{i}: bad {tcol}/{vcol} value ({exc})") from exc
+    return times, values
+
+
+def read_intensity_csv(path: str | Path) -> IntensitySeries:
+    """An intensity CSV (``datetime_utc`` + a g/kWh column, e.g. the shared data files)."""
+    path = Path(path)
+    header, rows = _rows(path)
+    tcol = _column(path, header, _TIME_COLUMNS, "time")
+    vcol = _column(path, header, _VALUE_COLUMNS, "intensity")
+    times, values = _parse(path, rows, tcol, vcol)
+    if any(v < 0 for v in values):
+        raise ValueError(f"{path}: negative intensity in {vcol}")
+    start, step, grid = _regular(path, times, values, "intensity")
+    kind = "marginal" if vcol.startswith("moer") else "average"
+    return IntensitySeries(start, step, grid, source=f"file:{path.name}", kind=kind)
+
+
+def read_load_csv(path: str | Path) -> tuple[datetime, timedelta, np.ndarray]:
+    """A load CSV ``datetime_utc,requests_per_second`` → (start, step, values)."""
+    path = Path(path)
+    header, rows = _rows(path)
+    tcol = _column(path, header, _TIME_COLUMNS, "time")
+    vcol = _column(path, header, ("requests_per_second",), "load")
+    times, values = _parse(path, rows, tcol, vcol)
+    if any(v < 0 for v in values):
+        raise ValueError(f"{path}: negative requests_per_second")
+    return _regular(path, times, values, "load")
+
+
+def read_budget(path: str | Path) -> InferenceBudgetSpec:
+    """The spec of an InferenceBudget manifest (the real CR, validated by the API model)."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read the InferenceBudget manifest ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("kind") != "InferenceBudget":
+        raise ValueError(f"{path}: not an InferenceBudget manifest (kind: {doc.get('kind') if isinstance(doc, dict) else None!r})")
+    try:
+        return InferenceBudget.model_validate(doc).spec
+    except Exception as exc:  # pydantic.ValidationError: name the file, keep pydantic's field paths
+        raise ValueError(f"{path}: invalid InferenceBudget: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def always_best(model: BudgetModel, state: BudgetState, ci: np.ndarray, load: np.ndarray, step: timedelta,
+                now: datetime, current_intensity: float, current_load: float) -> VariantDecision:
+    """Highest-quality variant, budget ignored."""
+    return _fixed(model, state, 0, current_load, "AlwaysBest")
+
+
+def always_cheapest(model: BudgetModel, state: BudgetState, ci: np.ndarray, load: np.ndarray, step: timedelta,
+                    now: datetime, current_intensity: float, current_load: float) -> VariantDecision:
+    """Cheapest variant at/above the quality floor (at the current load), budget ignored."""
+    return _fixed(model, state, _cheapest_index(model, current_load), current_load, "AlwaysCheapest")
+
+
+def threshold_policy(threshold: float) -> Policy:
+    """Best variant while the current intensity is ≤ ``threshold`` g/kWh, else the cheapest
+    at/above the floor: the threshold switching of today's carbon-aware schedulers."""
+
+    def policy(model: BudgetModel, state: BudgetState, ci: np.ndarray, load: np.ndarray, step: timedelta,
+               now: datetime, current_intensity: float, current_load: float) -> VariantDecision:
+        idx = 0 if current_intensity <= threshold else _cheapest_index(model, current_load)
+        return _fixed(model, state, idx, current_load, "Threshold")
+
+    return policy
+
+
+def _cheapest_index(model: BudgetModel, load: float) -> int:
+    c = step_costs(model, np.array([1.0]), np.array([load]), np.array([1.0]))
+    elig = model.eligible
+    return int(elig[int(np.argmin(c.kwh[0, elig]))])
+
+
+def _fixed(model: BudgetModel, state: BudgetState, idx: int, load: float, reason: str) -> VariantDecision:
+    reps = int(step_costs(model, np.array([1.0]), np.array([load]), np.array([1.0])).replicas[0, idx])
+    return VariantDecision(model.variants[idx].name, reps, reps, 0.0, state.grams_spent, state.kwh_spent, reason, "")
+
+
+# --------------------------------------------------------------------------- the replay
+
+
+def _load_on_grid(load: np.ndarray, n: int) -> np.ndarray:
+    v = np.asarray(load, dtype=np.float64).ravel()
+    if v.size < n:
+        raise ValueError(f"load has {v.size} steps but the intensity trace has {n}: they must share one grid")
+    if (~np.isfinite(v[:n])).any() or (v[:n] < 0).any():
+        raise ValueError("load must be finite and non-negative req/s")
+    return v[:n]
+
+
+def simulate_inference(spec: InferenceBudgetSpec | BudgetModel, intensity: IntensitySeries, load: np.ndarray | list,
+                       forecast_error: float = 0.0, seed: int = 0, *, policy: Policy | None = None,
+                       config: PacingConfig = PacingConfig(), steps: bool = True) -> dict:
+    """Replay the budget over ``intensity`` and ``load`` (req/s on the same grid).
+
+    Returns JSON-ready ``{"steps": [...], "periods": [...], "summary": {...}}``; with
+    ``steps=False`` the per-step list is left out (benchmarks).
+    """
+    if forecast_error < 0:
+        raise ValueError(f"forecast_error must be ≥ 0, got {forecast_error}")
+    model = spec if isinstance(spec, BudgetModel) else compile_spec(spec)
+    n = len(intensity)
+    actual_ci = intensity.values
+    actual_load = _load_on_grid(load, n)
+    step = intensity.step
+    rng = np.random.default_rng(seed)
+    chooser: Policy = policy or (lambda *a: decide(*a, config=config))
+
+    state: BudgetState | None = None
+    out_steps, periods = [], []
+    served_q = demand = served = 0.0
+    switches = 0
+    prev_variant: str | None = None
+    for t in range(n):
+        now = intensity.start + step * t
+        fresh = new_state(model, now, state)
+        if fresh is not state and state is not None:
+            periods.append(_period_row(model, state, intensity))
+        state = fresh
+        horizon = max(1, math.ceil((state.period_end - now) / step))
+        ci_fc = _forecast(actual_ci, t, horizon, forecast_error, rng)
+        load_fc = _forecast(actual_load, t, horizon, forecast_error, rng)
+        d = chooser(model, state, ci_fc, load_fc, step, now, float(actual_ci[t]), float(actual_load[t]))
+        idx = model.index(d.variant)
+        c = step_costs(model, actual_ci[t:t + 1], actual_load[t:t + 1], np.array([step.total_seconds()]),
+                       replica_cap=d.replicas)
+        grams, kwh = float(c.grams[0, idx]), float(c.kwh[0, idx])
+        served_now = float(c.utility[0, idx] / model.variants[idx].quality) if model.variants[idx].quality > 0 \
+            else float(min(actual_load[t], d.replicas * model.variants[idx].capacity_rps) * step.total_seconds())
+        served_q += float(c.utility[0, idx])
+        served += served_now
+        demand += float(actual_load[t] * step.total_seconds())
+        if prev_variant is not None and d.variant != prev_variant:
+            switches += 1
+        prev_variant = d.variant
+        state = state.account(grams, kwh).applied(d, now)
+        if steps:
+            out_steps.append({"time": format_time(now), "variant": d.variant, "replicas": d.replicas,
+                              "intensity": round(float(actual_ci[t]), 3), "load": round(float(actual_load[t]), 4),
+                              "grams": round(grams, 4), "kwh": round(kwh, 6), "reason": d.reason})
+    if state is not None:
+        periods.append(_period_row(model, state, intensity))
+    days = n * step.total_seconds() / 86400.0
+    complete = [p for p in periods if p["complete"]]
+    summary = {
+        "steps": n, "periods": len(periods),
+        "periods_within_budget": sum(p["within_budget"] for p in periods),
+        "budget_adherence": (sum(p["within_budget"] for p in periods) / len(periods)) if periods else 1.0,
+        "max_spend_fraction": max((p["spend_fraction"] for p in periods), default=0.0),
+        "mean_quality": served_q / demand if demand > 0 else 0.0,
+        "served_fraction": served / demand if demand > 0 else 1.0,
+        "switches": switches, "switches_per_day": switches / days if days > 0 else 0.0,
+        "grams": sum(p["grams"] for p in periods), "kwh": sum(p["kwh"] for p in periods),
+        "complete_periods": len(complete),
+    }
+    return {"steps": out_steps, "periods": periods, "summary": summary}
+
+
+def _forecast(actual: np.ndarray, t: int, horizon: int, error: float, rng: np.random.Generator) -> np.ndarray:
+    fc = actual[t:t + horizon].copy()
+    if error > 0 and fc.size > 1:
+        fc[1:] *= np.maximum(0.0, 1.0 + error * rng.standard_normal(fc.size - 1))
+    return fc
+
+
+def _period_row(model: BudgetModel, state: BudgetState, series: IntensitySeries) -> dict:
+    fracs = []
+    if model.carbon_grams is not None:
+        fracs.append(state.grams_spent / model.carbon_grams)
+    if model.energy_kwh is not None:
+        fracs.append(state.kwh_spent / model.energy_kwh)
+    frac = max(fracs)
+    return {"start": format_time(state.period_start), "end": format_time(state.period_end),
+            "grams": state.grams_spent, "kwh": state.kwh_spent,
+            "budget_grams": model.carbon_grams, "budget_kwh": model.energy_kwh,
+            "spend_fraction": frac, "within_budget": frac <= 1.0 + 1e-9,
+            "complete": series.start <= state.period_start and state.period_end <= series.end}
+
+
+def offline_reference(spec: InferenceBudgetSpec | BudgetModel, intensity: IntensitySeries,
+                      load: np.ndarray | list) -> dict:
+    """The perfect-foresight optimum, period by period (see ``offline_optimum``)."""
+    model = spec if isinstance(spec, BudgetModel) else compile_spec(spec)
+    n = len(intensity)
+    actual_load = _load_on_grid(load, n)
+    step_s = intensity.step.total_seconds()
+    util = bound = demand = grams = kwh = 0.0
+    feasible = True
+    for p_start, p_end in periods_between(model.period, intensity.start, intensity.end, model.time_zone):
+        i0 = max(0, intensity.index_of(p_start) if p_start > intensity.start else 0)
+        i1 = min(n, math.ceil((p_end - intensity.start).total_seconds() / step_s))
+        if i1 <= i0:
+            continue
+        secs = np.full(i1 - i0, step_s)
+        costs = step_costs(model, intensity.values[i0:i1], actual_load[i0:i1], secs)
+        plan = offline_optimum(model, costs)
+        util += plan.utility
+        bound += plan.upper_bound
+        demand += float((actual_load[i0:i1] * secs).sum())
+        grams += plan.grams
+        kwh += plan.kwh
+        feasible &= (model.carbon_grams is None or plan.grams <= model.carbon_grams * (1 + 1e-9)) and \
+            (model.energy_kwh is None or plan.kwh <= model.energy_kwh * (1 + 1e-9))
+    return {"mean_quality": util / demand if demand else 0.0,
+            "mean_quality_upper_bound": bound / demand if demand else 0.0,
+            "grams": grams, "kwh": kwh, "feasible": bool(feasible)}
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--intensity", required=True, type=Path, help="intensity CSV (datetime_utc + g/kWh column)")
+    parser.add_argument("--load", required=True, type=Path, help="load CSV: datetime_utc,requests_per_second")
+    parser.add_argument("--budget", required=True, type=Path, help="InferenceBudget manifest (YAML)")
+    parser.add_argument("--forecast-error", type=float, default=0.0,
+                        help="relative std of the multiplicative forecast noise (0 = perfect forecast)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", "-o", type=Path, required=True, help="result JSON")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """``greenml simulate inference``: returns the exit code; bad input → message, code 2."""
+    import sys
+
+    try:
+        spec = read_budget(args.budget)
+        model = compile_spec(spec)
+        series = read_intensity_csv(args.intensity)
+        l_start, l_step, l_values = read_load_csv(args.load)
+        load = _align_load(series, l_start, l_step, l_values, args.load)
+        result = simulate_inference(model, series, load, args.forecast_error, args.seed)
+    except ValueError as exc:
+        print(f"greenml simulate inference: {exc}", file=sys.stderr)
+        return 2
+    result["offline_optimum"] = offline_reference(model, series, load)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    s = result["summary"]
+    print(f"{s['periods']} periods, within budget {s['periods_within_budget']}, mean quality "
+          f"{s['mean_quality']:.4f} (offline optimum {result['offline_optimum']['mean_quality']:.4f}), "
+          f"{s['switches_per_day']:.2f} switches/day → {args.output}")
+    return 0
+
+
+def _align_load(series: IntensitySeries, start: datetime, step: timedelta, values: np.ndarray, path: Path) -> np.ndarray:
+    """The load trace on the intensity grid (time-weighted means, edges repeated)."""
+    if start > series.end or start + step * len(values) < series.start:
+        raise ValueError(f"{path}: load trace [{start}, {start + step * len(values)}) does not overlap the "
+                         f"intensity trace [{series.start}, {series.end})")
+    lseries = IntensitySeries(start, step, values, source="load")
+    return lseries.resample(series.start, series.step, len(series))
