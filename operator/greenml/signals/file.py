@@ -90,6 +90,7 @@ def _parse_rows(rows: list[list[str]], tcol: int, vcol: int, name: str, colname:
 
 
 def _regular(times: list[datetime], vals: list[float], name: str) -> tuple[datetime, timedelta, np.ndarray, int]:
+    """Sort, infer the step (smallest spacing), place on the grid and interpolate gaps."""
     order = sorted(range(len(times)), key=times.__getitem__)
     t0 = times[order[0]]
     secs = np.array([(times[i] - t0).total_seconds() for i in order])
@@ -120,6 +121,18 @@ def _regular(times: list[datetime], vals: list[float], name: str) -> tuple[datet
         pos = np.arange(n)
         grid = np.interp(pos, pos[known], grid[known])
     return t0, timedelta(seconds=step), grid, filled
+
+
+def regular_series(times: list[datetime], values: list[float], *, name: str, source: str,
+                   kind: str = "average", issued_at: datetime | None = None) -> IntensitySeries:
+    """A regular IntensitySeries from (time, value) points as providers return them; NaN
+    values and missing slots are interpolated and counted in ``meta["filled"]``.
+    Raises IntensityFileError (reason "Malformed") naming ``name``."""
+    if not times:
+        raise IntensityFileError(f"{name}: no data points")
+    start, step, vals, filled = _regular(times, values, name)
+    return IntensitySeries(start, step, vals, source=source, kind=kind, issued_at=issued_at,
+                           meta={"filled": filled})
 
 
 def parse_intensity_csv(text: str, *, column: str | None = None, name: str = "<csv>",
