@@ -1,22 +1,23 @@
 """A thin wrapper of the official kubernetes client that speaks plain dicts.
 
-Every ApiException becomes a domain error here, so callers never import the client:
+Every HTTP failure becomes a domain error here, so callers never see the transport:
 ``NotFound`` (404), ``Conflict`` (409), ``Transient`` (429, 5xx, connection errors:
 retry later) and ``ApiError`` (anything else: a real problem, do not hot-loop).
-Responses are read raw (``_preload_content=False``) and parsed as JSON: faster than
-the generated models, and robust to servers that answer 200 where 201 is usual.
+Bodies are plain JSON both ways: faster than the generated models, and robust to
+servers that answer 200 where 201 is usual.
 """
 from __future__ import annotations
 
 import json
 from typing import Any, Mapping
+from urllib.parse import quote, urlencode
 
-import urllib3
+import requests
 from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
 
 FIELD_MANAGER = "greenml-operator"
 GPU_RESOURCE = "nvidia.com/gpu"
+TIMEOUT = (5.0, 30.0)   # connect, read (seconds)
 
 
 class ApiError(Exception):
@@ -37,99 +38,131 @@ class Transient(ApiError):
     pass
 
 
-def _translate(exc: Exception, what: str) -> ApiError:
-    if isinstance(exc, ApiException):
-        status = exc.status or 0
-        reason = exc.reason or ""
-        try:
-            reason = json.loads(exc.body or "{}").get("message") or reason
-        except (ValueError, AttributeError):
-            pass
-        msg = f"{what}: HTTP {status} {reason}".strip()
-        if status == 404:
-            return NotFound(msg, status)
-        if status == 409:
-            return Conflict(msg, status)
-        if status == 429 or status >= 500:
-            return Transient(msg, status)
-        return ApiError(msg, status)
-    return Transient(f"{what}: {type(exc).__name__}: {exc}")
-
-
-def _json(resp: Any) -> dict[str, Any]:
-    data = resp.data if hasattr(resp, "data") else resp
-    if not data:
-        return {}
-    return json.loads(data)
-
-
-def load_config() -> client.ApiClient:
-    """In-cluster config when running in a pod, else KUBECONFIG / ~/.kube/config."""
+def _error(status: int, body: str, what: str) -> ApiError:
     try:
-        config.load_incluster_config()
+        reason = json.loads(body or "{}").get("message") or ""
+    except ValueError:
+        reason = (body or "")[:200]
+    msg = f"{what}: HTTP {status} {reason}".strip()
+    if status == 404:
+        return NotFound(msg, status)
+    if status == 409:
+        return Conflict(msg, status)
+    if status == 429 or status >= 500:
+        return Transient(msg, status)
+    return ApiError(msg, status)
+
+
+def load_configuration() -> client.Configuration:
+    """In-cluster config when running in a pod, else KUBECONFIG / ~/.kube/config."""
+    cfg = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=cfg)
     except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
+        config.load_kube_config(client_configuration=cfg)
+    return cfg
+
+
+def path_for(api_version: str, plural: str, namespace: str | None = None, name: str | None = None,
+             subresource: str | None = None) -> str:
+    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    p = f"{base}/namespaces/{quote(namespace)}/{plural}" if namespace else f"{base}/{plural}"
+    if name:
+        p += f"/{quote(name)}"
+    if subresource:
+        p += f"/{subresource}"
+    return p
 
 
 class Kube:
-    def __init__(self, api_client: client.ApiClient | None = None) -> None:
-        self.api = api_client or load_config()
-        self.batch = client.BatchV1Api(self.api)
-        self.core = client.CoreV1Api(self.api)
-        self.apps = client.AppsV1Api(self.api)
-        self.autoscaling = client.AutoscalingV2Api(self.api)
-        self.custom = client.CustomObjectsApi(self.api)
+    """Plain JSON over HTTP to the API server; the official client only loads config and auth.
 
-    def _call(self, what: str, fn, *args, **kwargs) -> dict[str, Any]:
+    (The generated client validates bodies with its own models and rejects valid
+    manifests such as integer resource quantities; raw JSON keeps us version-proof.)
+    """
+
+    def __init__(self, configuration: client.Configuration | None = None) -> None:
+        self.cfg = configuration or load_configuration()
+        self.host = self.cfg.host.rstrip("/")
+        self.session = requests.Session()
+        if self.cfg.cert_file and self.cfg.key_file:
+            self.session.cert = (self.cfg.cert_file, self.cfg.key_file)
+        # TLS verification follows the kubeconfig; it is never switched off silently here
+        self.session.verify = self.cfg.ssl_ca_cert if (self.cfg.verify_ssl and self.cfg.ssl_ca_cert) else bool(self.cfg.verify_ssl)
+
+    def _headers(self, content_type: str | None = None) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        token = self.cfg.get_api_key_with_prefix("authorization")   # refreshes rotating tokens
+        if token:
+            headers["Authorization"] = token
+        elif self.cfg.username:
+            headers.update(self.cfg.get_basic_auth_token() and {"Authorization": self.cfg.get_basic_auth_token()} or {})
+        if content_type:
+            headers["Content-Type"] = content_type
+        return headers
+
+    def request(self, method: str, path: str, what: str, *, body: Any = None, params: Mapping[str, Any] | None = None,
+                content_type: str = "application/json") -> dict[str, Any]:
+        url = self.host + path + (f"?{urlencode(params)}" if params else "")
         try:
-            return _json(fn(*args, _preload_content=False, **kwargs))
-        except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise _translate(exc, what) from None
+            resp = self.session.request(method, url, headers=self._headers(content_type if body is not None else None),
+                                        data=json.dumps(body) if body is not None else None, timeout=TIMEOUT)
+        except requests.RequestException as exc:
+            raise Transient(f"{what}: {type(exc).__name__}") from None
+        if resp.status_code >= 400:
+            raise _error(resp.status_code, resp.text, what)
+        return resp.json() if resp.content else {}
 
     # ---------------------------------------------------------------- Jobs
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return self._call(f"get Job {namespace}/{name}", self.batch.read_namespaced_job, name, namespace)
+            return self.request("GET", path_for("batch/v1", "jobs", namespace, name), f"get Job {namespace}/{name}")
         except NotFound:
             return None
 
     def create_job(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         meta = manifest["metadata"]
-        return self._call(f"create Job {meta['namespace']}/{meta['name']}",
-                          self.batch.create_namespaced_job, meta["namespace"], dict(manifest),
-                          field_manager=FIELD_MANAGER)
+        return self.request("POST", path_for("batch/v1", "jobs", meta["namespace"]),
+                            f"create Job {meta['namespace']}/{meta['name']}", body=dict(manifest),
+                            params={"fieldManager": FIELD_MANAGER})
 
     def set_job_suspended(self, namespace: str, name: str, suspended: bool) -> dict[str, Any]:
-        return self._call(f"patch Job {namespace}/{name}", self.batch.patch_namespaced_job, name, namespace,
-                          {"spec": {"suspend": suspended}}, field_manager=FIELD_MANAGER)
+        return self.request("PATCH", path_for("batch/v1", "jobs", namespace, name), f"patch Job {namespace}/{name}",
+                            body={"spec": {"suspend": suspended}}, params={"fieldManager": FIELD_MANAGER},
+                            content_type="application/merge-patch+json")
 
     def delete_job(self, namespace: str, name: str) -> None:
         try:
-            self._call(f"delete Job {namespace}/{name}", self.batch.delete_namespaced_job, name, namespace,
-                       propagation_policy="Background")
+            self.request("DELETE", path_for("batch/v1", "jobs", namespace, name), f"delete Job {namespace}/{name}",
+                         body={"propagationPolicy": "Background"})
         except NotFound:
             pass
 
     # ---------------------------------------------------------------- Nodes
     def gpu_allocatable(self) -> int:
         """Sum of the nodes' allocatable nvidia.com/gpu."""
-        nodes = self._call("list Nodes", self.core.list_node).get("items") or []
+        nodes = self.request("GET", path_for("v1", "nodes"), "list Nodes").get("items") or []
         return sum(node_gpus(n) for n in nodes)
 
-    # ---------------------------------------------------------------- custom objects
-    def patch_status(self, group: str, version: str, plural: str, namespace: str, name: str,
-                     status: Mapping[str, Any]) -> dict[str, Any]:
-        return self._call(f"patch {plural} {namespace}/{name} status",
-                          self.custom.patch_namespaced_custom_object_status, group, version, namespace,
-                          plural, name, {"status": dict(status)})
+    # ---------------------------------------------------------------- any object
+    def get(self, api_version: str, plural: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        try:
+            return self.request("GET", path_for(api_version, plural, namespace, name), f"get {plural} {namespace}/{name}")
+        except NotFound:
+            return None
 
-    def list_objects(self, group: str, version: str, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
-        if namespace:
-            data = self._call(f"list {plural}", self.custom.list_namespaced_custom_object, group, version, namespace, plural)
-        else:
-            data = self._call(f"list {plural}", self.custom.list_cluster_custom_object, group, version, plural)
-        return data.get("items") or []
+    def apply(self, api_version: str, plural: str, namespace: str | None, name: str, body: Mapping[str, Any],
+              *, force: bool = True) -> dict[str, Any]:
+        """Server-side apply under the operator's field manager: only the fields in ``body`` are ours."""
+        return self.request("PATCH", path_for(api_version, plural, namespace, name), f"apply {plural} {namespace}/{name}",
+                            body=dict(body), params={"fieldManager": FIELD_MANAGER, "force": "true" if force else "false"},
+                            content_type="application/apply-patch+yaml")
+
+    def patch_status(self, api_version: str, plural: str, namespace: str, name: str,
+                     status: Mapping[str, Any]) -> dict[str, Any]:
+        return self.request("PATCH", path_for(api_version, plural, namespace, name, "status"),
+                            f"patch {plural} {namespace}/{name} status", body={"status": dict(status)},
+                            content_type="application/merge-patch+json")
 
 
 def node_gpus(node: Mapping[str, Any]) -> int:
