@@ -400,9 +400,10 @@ class _Situation:
     def rows(self) -> np.ndarray:
         return np.arange(self.weights.size)
 
-    def fits(self, choice: np.ndarray, costs: StepCosts | None = None) -> bool:
+    def fits(self, choice: np.ndarray, costs: StepCosts | None = None, margin: bool = True) -> bool:
         c = costs or self.costs
-        return all(float(np.dot(self.weights, m[self.rows, choice])) <= a
+        w = self.weights if margin else np.ones_like(self.weights)
+        return all(float(np.dot(w, m[self.rows, choice])) <= a
                    for m, a in _limits(self.model, self.state, c))
 
     def throttled(self, replicas: int) -> StepCosts:
@@ -464,7 +465,11 @@ def decide(spec: InferenceBudgetSpec | BudgetModel, state: BudgetState, intensit
     plan = pace(util_e, cost_e, [(m[:, elig], a) for m, a in limits], weights,
                 start_price=state.carbon_price, config=config)
     if not math.isfinite(plan.price):
-        return _floor_breach(sit, words)
+        if not sit.fits(sit.cheapest, margin=False):
+            return _floor_breach(sit, words)
+        # the floor plan fits the forecast, only not with the margin: cheapest now, no alarm
+        return sit.decision(sit.cheapest, int(costs.replicas[0, low]), math.inf, DEGRADED,
+                            f"only the cheapest variant at/above the floor fits the budget ({words})")
     choice = elig[plan.choice]
     idx = int(choice[0])
     best_now = int(elig[int(np.argmax(util_e[0]))])
