@@ -3,18 +3,29 @@
 Pure and vectorised. Time is a grid of slots starting at ``now`` (slot 0 is the
 slot that starts now); a forecast is an array of gCO2e/kWh per slot, one per zone.
 
-Guarantees (tested by brute force and hypothesis properties):
+Guarantees (tested by brute force and hypothesis properties in tests/unit/):
 - every plan's runs lie in [earliest, latest_end) when the job is feasible at all;
 - total planned slots == remaining work;
 - a non-interruptible job gets exactly one run;
 - with a capacity, planned GPU use never exceeds it unless a job is *forced*
-  (reason ``CapacityForced``/``DeadlineForced``: the deadline wins over waiting);
-- under a perfect forecast a plan never emits more than running immediately.
+  (reason ``CapacityForced``/``DeadlineForced``: the deadline wins over waiting)
+  or already running (pinned work is never stopped);
+- under a perfect forecast and without maxIntensity, a plan never emits more than
+  running immediately.
+
+Placement of one job is exact: the cheapest window (non-interruptible), the
+cheapest slots (interruptible, min_run = 1), and for min_run > 1 an exact dynamic
+programme over (slots used, time) -- O(k * (span - k)) cells, vectorised along
+time -- whenever the cheapest slots do not already form runs of >= min_run.
+Ties go to the earliest placement.
 
 Capacity coupling: jobs are planned one at a time in order of urgency (least
 slack first), each taking the cheapest feasible placement on the capacity that
-is still free. This is a greedy heuristic, not a joint optimum; its distance to
-the optimum is measured in bench/.
+is still free. This is a greedy heuristic, not a joint optimum.
+
+Speed: per zone the forecast's prefix sums, window sums per length and the slot
+ranks are computed once and shared by all jobs, so each job costs a few O(span)
+numpy calls (bench/bench_planner.py measures it).
 """
 from __future__ import annotations
 
@@ -80,28 +91,48 @@ class JobPlan:
         return (self.run_now_grams - self.grams) / self.run_now_grams
 
 
+class PlanningInputError(ValueError):
+    """Input the planner cannot use (bad forecast, unknown zone); the message names it."""
+
+
+_Runs = tuple[tuple[int, int], ...]
+
+
 @dataclass
-class _Grid:
-    forecasts: Mapping[str, np.ndarray]
-    horizon: int
-    step_hours: float
-    free: np.ndarray | None           # free GPUs per slot (float), None = unlimited
-    cums: dict[str, np.ndarray] = field(default_factory=dict)
+class _Zone:
+    """One zone's forecast over the horizon and the per-forecast tables all jobs share."""
 
-    def forecast(self, zone: str) -> np.ndarray:
-        f = self.forecasts.get(zone)
-        if f is None:
-            if len(self.forecasts) == 1:
-                return next(iter(self.forecasts.values()))
-            raise KeyError(f"no forecast for zone {zone!r}")
-        return f
+    f: np.ndarray                  # gCO2e/kWh per slot
+    cum: np.ndarray                # prefix sums, len T + 1: cost of [s, e) = cum[e] - cum[s]
+    rank: np.ndarray               # position of each slot in a stable ascending sort (ties: earlier)
+    _windows: dict[int, np.ndarray] = field(default_factory=dict)
+    _hot: dict[float, np.ndarray] = field(default_factory=dict)
 
-    def cum(self, zone: str) -> np.ndarray:
-        c = self.cums.get(zone)
-        if c is None:
-            c = np.concatenate(([0.0], np.cumsum(self.forecast(zone))))
-            self.cums[zone] = c
-        return c
+    @classmethod
+    def of(cls, f: np.ndarray) -> "_Zone":
+        rank = np.empty(f.size, dtype=np.int64)
+        rank[np.argsort(f, kind="stable")] = np.arange(f.size)
+        return cls(f, np.concatenate(([0.0], np.cumsum(f))), rank)
+
+    def windows(self, k: int) -> np.ndarray:
+        """Cost of every k-slot window, indexed by start (len T - k + 1); cached per k."""
+        w = self._windows.get(k)
+        if w is None:
+            w = self.cum[k:] - self.cum[:-k]
+            self._windows[k] = w
+        return w
+
+    def hot(self, max_intensity: float) -> np.ndarray:
+        """Slots above max_intensity; cached per threshold."""
+        h = self._hot.get(max_intensity)
+        if h is None:
+            h = self.f > max_intensity
+            self._hot[max_intensity] = h
+        return h
+
+    def cost(self, runs: Sequence[tuple[int, int]]) -> float:
+        """Summed intensity of the runs, added left to right (the same float every time)."""
+        return float(sum(self.cum[e] - self.cum[s] for s, e in runs))
 
 
 def _extend(f: np.ndarray, n: int) -> np.ndarray:
@@ -113,7 +144,7 @@ def _extend(f: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate((f, np.full(n - f.size, f[-1])))
 
 
-def _merge(runs: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+def _merge(runs: Sequence[tuple[int, int]]) -> _Runs:
     out: list[list[int]] = []
     for s, e in sorted(runs):
         if e <= s:
@@ -125,142 +156,196 @@ def _merge(runs: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
     return tuple((s, e) for s, e in out)
 
 
-def _runs_of_mask(mask: np.ndarray) -> tuple[tuple[int, int], ...]:
-    if not mask.any():
-        return ()
-    d = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
-    starts = np.flatnonzero(d == 1)
-    ends = np.flatnonzero(d == -1)
-    return tuple(zip(starts.tolist(), ends.tolist()))
+def _runs_of_mask(mask: np.ndarray, offset: int = 0) -> _Runs:
+    """[start, end) ranges of the True stretches of mask, shifted by offset."""
+    edges = np.flatnonzero(np.diff(mask, prepend=False, append=False)) + offset
+    it = iter(edges.tolist())
+    return tuple(zip(it, it))
 
 
-def _window_best(cost_cum: np.ndarray, bad: np.ndarray | None, lo: int, hi: int, k: int) -> int | None:
-    """Cheapest start s in [lo, hi] of a k-slot window with no bad slot; earliest on ties."""
-    if hi < lo:
+def _window_ok(bad: np.ndarray, k: int) -> np.ndarray:
+    """For each start s in [0, len(bad) - k]: no bad slot in [s, s + k)."""
+    c = np.concatenate(([0], np.cumsum(bad, dtype=np.int64)))
+    return (c[k:] - c[:-k]) == 0
+
+
+def _best_window(z: _Zone, bad: np.ndarray | None, lo: int, hi: int, k: int) -> int | None:
+    """Cheapest start in [lo, hi - k] of a k-slot window without bad slots (bad covers
+    [lo, hi)); earliest on ties."""
+    if hi - k < lo:
         return None
-    starts = np.arange(lo, hi + 1)
-    sums = cost_cum[starts + k] - cost_cum[starts]
+    sums = z.windows(k)[lo:hi - k + 1]
     if bad is not None:
-        bad_cum = np.concatenate(([0], np.cumsum(bad[lo:hi + k], dtype=np.int64)))
-        ok = (bad_cum[k:k + len(starts)] - bad_cum[:len(starts)]) == 0
+        ok = _window_ok(bad, k)
         if not ok.any():
             return None
         sums = np.where(ok, sums, np.inf)
     return lo + int(np.argmin(sums))
 
 
-def _cheapest_slots(f: np.ndarray, bad: np.ndarray | None, lo: int, hi: int, k: int) -> np.ndarray | None:
-    """Boolean mask (length hi) of the k cheapest allowed slots in [lo, hi); earliest on ties."""
-    span = f[lo:hi]
-    allowed = np.ones(span.size, dtype=bool) if bad is None else ~bad[lo:hi]
-    idx = np.flatnonzero(allowed)
-    if idx.size < k:
-        return None
-    # stable sort: ties go to the earlier slot
-    order = idx[np.argsort(span[idx], kind="stable")[:k]]
-    mask = np.zeros(hi, dtype=bool)
-    mask[lo + order] = True
-    return mask
+def _cheapest_mask(z: _Zone, bad: np.ndarray | None, lo: int, hi: int, k: int) -> np.ndarray | None:
+    """Mask over [lo, hi) of the k cheapest allowed slots; earliest on ties.
 
-
-def _greedy_min_run(f: np.ndarray, cum: np.ndarray, bad: np.ndarray | None, lo: int, hi: int,
-                    k: int, m: int) -> tuple[tuple[int, int], ...] | None:
-    """k slots in [lo, hi) as runs of at least m slots: one window of m + (k mod m), then
-    windows of m, each the cheapest that overlaps nothing chosen so far."""
-    q, r = divmod(k, m)
-    lengths = [m + r] + [m] * (q - 1) if q >= 1 else [k]
-    taken = np.zeros(hi, dtype=bool) if bad is None else bad[:hi].copy()
-    runs: list[tuple[int, int]] = []
-    for length in lengths:
-        s = _window_best(cum, taken, lo, hi - length, length)
-        if s is None:
+    The k smallest global ranks inside the span are exactly the k first slots of a
+    stable sort of the span, so one O(span) partition replaces a sort per job."""
+    r = z.rank[lo:hi]
+    if bad is not None:
+        if int(np.count_nonzero(~bad)) < k:
             return None
-        runs.append((s, s + length))
-        taken[s:s + length] = True
+        r = np.where(bad, z.rank.size, r)
+    elif r.size < k:
+        return None
+    if k == r.size:
+        return np.ones(k, dtype=bool)
+    return r <= np.partition(r, k - 1)[k - 1]
+
+
+def _min_run_dp(z: _Zone, bad: np.ndarray | None, lo: int, hi: int, k: int, m: int) -> _Runs | None:
+    """Exact cheapest choice of k allowed slots in [lo, hi) whose maximal runs are all
+    >= m slots (k >= m), or None.
+
+    Cells (j slots used, boundary t): ON = slot t-1 used and its run already >= m;
+    G = best of any state at t. ON[j][t] = min(ON[j-1][t-1] + c[t-1],
+    G[j-m][t-m] + window_m(t-m)); G[j][t] = min over t' <= t of ON[j][t'].
+    Only t in [j, n - k + j] can lead to k slots, so row j is stored at u = t - j
+    (width n - k + 1) and every row is a few numpy calls along time."""
+    n = hi - lo
+    w = n - k + 1
+    c = z.f[lo:hi]
+    wm = z.windows(m)[lo:hi - m + 1]
+    if bad is not None:
+        c = np.where(bad, np.inf, c)
+        wm = np.where(_window_ok(bad, m), wm, np.inf)
+    g = np.full((k + 1, w), np.inf)
+    g[0] = 0.0
+    new_run = np.ones((k + 1, w), dtype=bool)
+    on = np.full(w, np.inf)
+    for j in range(m, k + 1):
+        new = g[j - m] + wm[j - m:j - m + w]
+        if j > m:
+            ext = on + c[j - 1:j - 1 + w]
+            new_run[j] = new <= ext
+            on = np.minimum(new, ext)
+        else:
+            on = new
+        np.minimum.accumulate(on, out=g[j])
+    if not np.isfinite(g[k, w - 1]):
+        return None
+    runs: list[tuple[int, int]] = []
+    j, u = k, w - 1
+    while j > 0:
+        row = g[j, :u + 1]
+        u = int(np.argmax(row == row[u]))      # earliest end reaching this cost
+        end = lo + u + j
+        while not new_run[j, u]:
+            j -= 1
+        runs.append((lo + u + j - m, end))
+        j -= m
     return _merge(runs)
 
 
+def _min_run_exact(z: _Zone, bad: np.ndarray | None, lo: int, hi: int, k: int, m: int) -> _Runs | None:
+    """Cheapest k slots in [lo, hi) in runs of >= m (k >= 2m): the cheapest slots when
+    they already form such runs (then they are optimal), else the exact DP."""
+    mask = _cheapest_mask(z, bad, lo, hi, k)
+    if mask is None:
+        return None
+    runs = _runs_of_mask(mask, lo)
+    if all(e - s >= m for s, e in runs):
+        return runs
+    return _min_run_dp(z, bad, lo, hi, k, m)
+
+
+def place(z: _Zone, job: JobSpec, bad: np.ndarray | None, lo: int, hi: int, k: int) -> _Runs | None:
+    """Cheapest placement of k slots of `job` in [lo, hi) avoiding bad slots (a mask
+    over [lo, hi)), or None when there is none. Ties: earliest first start."""
+    if k <= 0:
+        return ()
+    s = _best_window(z, bad, lo, hi, k)
+    window: _Runs | None = None if s is None else ((s, s + k),)
+    if not job.interruptible:
+        return window
+    m = max(1, int(job.min_run))
+    other: _Runs | None = None
+    if m == 1:
+        mask = _cheapest_mask(z, bad, lo, hi, k)
+        other = None if mask is None else _runs_of_mask(mask, lo)
+    elif k >= 2 * m:        # below 2m slots a single run is the only shape allowed
+        other = _min_run_exact(z, bad, lo, hi, k, m)
+    candidates = [rs for rs in (window, other) if rs is not None]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda rs: (z.cost(rs), rs[0][0]))
+
+
 class _Planner:
-    def __init__(self, grid: _Grid) -> None:
-        self.g = grid
+    """Plans jobs one by one on shared zone tables and (optionally) free capacity."""
 
-    def cost(self, zone: str, runs: Sequence[tuple[int, int]]) -> float:
-        cum = self.g.cum(zone)
-        return float(sum(cum[e] - cum[s] for s, e in runs))
+    def __init__(self, zones: Mapping[str, _Zone], step_hours: float, free: np.ndarray | None) -> None:
+        self.zones = zones
+        self.step_hours = step_hours
+        self.free = free
 
-    def bad_mask(self, job: JobSpec, *, capacity: bool, intensity: bool) -> np.ndarray | None:
+    def zone(self, job: JobSpec) -> _Zone:
+        z = self.zones.get(job.zone)
+        if z is None:
+            if len(self.zones) == 1:
+                return next(iter(self.zones.values()))
+            raise PlanningInputError(f"job {job.name!r}: no forecast for zone {job.zone!r} "
+                                     f"(forecasts cover {sorted(self.zones)})")
+        return z
+
+    def bad(self, z: _Zone, job: JobSpec, lo: int, hi: int, *, capacity: bool,
+            intensity: bool) -> np.ndarray | None:
+        """Forbidden slots over [lo, hi), or None when none is forbidden."""
         bad = None
-        if capacity and self.g.free is not None and job.gpus > 0:
-            bad = self.g.free < job.gpus
+        if capacity and self.free is not None and job.gpus > 0:
+            bad = self.free[lo:hi] < job.gpus
         if intensity and job.max_intensity is not None:
-            hot = self.g.forecast(job.zone) > job.max_intensity
+            hot = z.hot(float(job.max_intensity))[lo:hi]
             bad = hot if bad is None else (bad | hot)
-        return bad
-
-    def place(self, job: JobSpec, lo: int, hi: int, k: int, bad: np.ndarray | None) -> tuple[tuple[int, int], ...] | None:
-        f = self.g.forecast(job.zone)
-        cum = self.g.cum(job.zone)
-        if k <= 0:
-            return ()
-        best_window = _window_best(cum, bad, lo, hi - k, k)
-        if not job.interruptible:
-            return None if best_window is None else ((best_window, best_window + k),)
-        candidates: list[tuple[tuple[int, int], ...]] = []
-        if best_window is not None:
-            candidates.append(((best_window, best_window + k),))
-        if job.min_run <= 1:
-            mask = _cheapest_slots(f, bad, lo, hi, k)
-            if mask is not None:
-                candidates.append(_runs_of_mask(mask))
-        else:
-            runs = _greedy_min_run(f, cum, bad, lo, hi, k, job.min_run)
-            if runs is not None:
-                candidates.append(runs)
-        if not candidates:
-            return None
-        return min(candidates, key=lambda rs: (self.cost(job.zone, rs), rs[0][0]))
+        return bad if bad is not None and bad.any() else None
 
     def plan_one(self, job: JobSpec) -> JobPlan:
-        g = self.g
+        z = self.zone(job)
         k = max(0, int(job.remaining))
         e = max(0, int(job.earliest))
-        end = int(job.latest_end)
-        run_now = ((e, e + k),) if k else ()
-        rn_grams = self.grams(job, run_now)
         if k == 0:
             return JobPlan(job.name, (), 0.0, 0.0, DONE)
+        run_now = ((e, e + k),)
+        rn_grams = self.grams(z, job, run_now)
         pinned = min(k, max(0, int(job.pinned)))
         if pinned and not job.interruptible:
-            return self._done(job, run_now, rn_grams, PINNED)
-        prefix: tuple[tuple[int, int], ...] = ((e, e + pinned),) if pinned else ()
+            return self._done(z, job, run_now, rn_grams, PINNED)
+        prefix: _Runs = ((e, e + pinned),) if pinned else ()
         lo = e + pinned
         rest = k - pinned
-        hi = min(end, g.horizon)
+        hi = min(int(job.latest_end), z.f.size)
         if lo + rest > hi:
             # cannot finish by the deadline: run from now, uninterrupted
-            return self._done(job, _merge(prefix + ((lo, lo + rest),)), rn_grams, DEADLINE_FORCED)
+            return self._done(z, job, run_now, rn_grams, DEADLINE_FORCED)
         reason = PLANNED
-        runs = self.place(job, lo, hi, rest, self.bad_mask(job, capacity=True, intensity=True))
+        runs = place(z, job, self.bad(z, job, lo, hi, capacity=True, intensity=True), lo, hi, rest)
         if runs is None and job.max_intensity is not None:
-            runs = self.place(job, lo, hi, rest, self.bad_mask(job, capacity=True, intensity=False))
+            runs = place(z, job, self.bad(z, job, lo, hi, capacity=True, intensity=False), lo, hi, rest)
             reason = MAX_INTENSITY_RELAXED
         if runs is None:
-            runs = self.place(job, lo, hi, rest, self.bad_mask(job, capacity=False, intensity=False))
+            runs = place(z, job, None, lo, hi, rest)
             reason = CAPACITY_FORCED
         assert runs is not None  # lo + rest <= hi, so an unconstrained window exists
         runs = _merge(prefix + runs)
-        if reason == PLANNED and runs and runs[0][0] == e and len(runs) == 1:
+        if reason == PLANNED and len(runs) == 1 and runs[0][0] == e:
             reason = RUN_NOW
-        return self._done(job, runs, rn_grams, reason)
+        return self._done(z, job, runs, rn_grams, reason)
 
-    def grams(self, job: JobSpec, runs: Sequence[tuple[int, int]]) -> float:
-        return self.cost(job.zone, runs) * job.power_kw * self.g.step_hours
+    def grams(self, z: _Zone, job: JobSpec, runs: Sequence[tuple[int, int]]) -> float:
+        return z.cost(runs) * job.power_kw * self.step_hours
 
-    def _done(self, job: JobSpec, runs: tuple[tuple[int, int], ...], rn_grams: float, reason: str) -> JobPlan:
-        if self.g.free is not None and job.gpus > 0:
+    def _done(self, z: _Zone, job: JobSpec, runs: _Runs, rn_grams: float, reason: str) -> JobPlan:
+        if self.free is not None and job.gpus > 0:
             for s, e in runs:
-                self.g.free[s:e] -= job.gpus
-        return JobPlan(job.name, runs, self.grams(job, runs), rn_grams, reason)
+                self.free[s:e] -= job.gpus
+        return JobPlan(job.name, runs, self.grams(z, job, runs), rn_grams, reason)
 
 
 def urgency_order(jobs: Sequence[JobSpec]) -> list[int]:
@@ -272,6 +357,24 @@ def urgency_order(jobs: Sequence[JobSpec]) -> list[int]:
     return sorted(range(len(jobs)), key=key)
 
 
+def _zones(forecasts: Mapping[str, np.ndarray] | np.ndarray, horizon: int) -> dict[str, _Zone]:
+    """Validated forecasts, cut or extended (last value) to the horizon, as zone tables."""
+    if not isinstance(forecasts, Mapping):
+        forecasts = {DEFAULT_ZONE: forecasts}
+    if not forecasts:
+        raise PlanningInputError("forecasts: no zone given")
+    zones = {}
+    for name, f in forecasts.items():
+        a = np.asarray(f, dtype=np.float64)
+        if a.ndim != 1 or a.size == 0:
+            raise PlanningInputError(f"forecast for zone {name!r}: need a non-empty 1-D array, got shape {a.shape}")
+        if not np.all(np.isfinite(a)):
+            bad = int(np.flatnonzero(~np.isfinite(a))[0])
+            raise PlanningInputError(f"forecast for zone {name!r}: slot {bad} is not a finite number")
+        zones[name] = _Zone.of(_extend(a, horizon))
+    return zones
+
+
 def plan(jobs: Sequence[JobSpec], forecasts: Mapping[str, np.ndarray] | np.ndarray, *,
          step_hours: float, capacity_gpus: float | None = None,
          reserved_gpus: np.ndarray | None = None) -> list[JobPlan]:
@@ -281,21 +384,19 @@ def plan(jobs: Sequence[JobSpec], forecasts: Mapping[str, np.ndarray] | np.ndarr
     shorter forecasts are extended with their last value up to the furthest deadline.
     ``capacity_gpus``: GPUs available per slot (None: unlimited); ``reserved_gpus``:
     GPUs already taken per slot by work the planner does not manage.
+    Raises PlanningInputError (a ValueError) for unusable forecasts or an unknown zone.
     """
-    if isinstance(forecasts, np.ndarray) or isinstance(forecasts, (list, tuple)):
-        forecasts = {DEFAULT_ZONE: np.asarray(forecasts, dtype=np.float64)}
     if not jobs:
         return []
-    horizon = max(max(j.latest_end, j.earliest + j.remaining) for j in jobs)
-    horizon = max(horizon, 1)
-    fc = {z: _extend(f, horizon) for z, f in forecasts.items()}
+    horizon = max(1, max(max(j.latest_end, max(0, j.earliest) + j.remaining) for j in jobs))
+    zones = _zones(forecasts, horizon)
     free = None
     if capacity_gpus is not None:
         free = np.full(horizon, float(capacity_gpus))
         if reserved_gpus is not None:
             r = np.asarray(reserved_gpus, dtype=np.float64)[:horizon]
             free[: r.size] -= r
-    planner = _Planner(_Grid(fc, horizon, step_hours, free))
+    planner = _Planner(zones, step_hours, free)
     out: list[JobPlan | None] = [None] * len(jobs)
     for i in urgency_order(jobs):
         out[i] = planner.plan_one(jobs[i])
@@ -304,9 +405,13 @@ def plan(jobs: Sequence[JobSpec], forecasts: Mapping[str, np.ndarray] | np.ndarr
 
 def usage(plans: Sequence[JobPlan], jobs: Sequence[JobSpec], horizon: int) -> np.ndarray:
     """GPUs in use per slot under the given plans (for checks and metrics)."""
-    use = np.zeros(horizon)
+    delta = np.zeros(horizon + 1)
     by_name = {j.name: j for j in jobs}
     for p in plans:
+        g = by_name[p.name].gpus
         for s, e in p.runs:
-            use[s:min(e, horizon)] += by_name[p.name].gpus
-    return use
+            s, e = min(max(s, 0), horizon), min(e, horizon)
+            if e > s:
+                delta[s] += g
+                delta[e] -= g
+    return np.cumsum(delta)[:horizon]
