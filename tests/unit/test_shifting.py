@@ -164,7 +164,7 @@ def test_min_run_dp_with_capacity_holes_equals_brute_force(seed):
     bad = rng.random(n) < 0.25
     k = int(rng.integers(2 * m, max(2 * m, n - int(bad.sum())) + 1))
     z = sh._Zone.of(f)
-    runs = sh._min_run_dp(z, bad, 0, n, k, m)
+    runs = sh._MinRunTable(z, bad, 0, n, m, n - k + 1).runs(k, n)
     best = brute_best(f, k, ~bad, contiguous=False, m=m)
     if math.isinf(best):
         assert runs is None

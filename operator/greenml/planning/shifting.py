@@ -30,7 +30,7 @@ numpy calls (bench/bench_planner.py measures it).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -107,6 +107,7 @@ class _Zone:
     rank: np.ndarray               # position of each slot in a stable ascending sort (ties: earlier)
     _windows: dict[int, np.ndarray] = field(default_factory=dict)
     _hot: dict[float, np.ndarray] = field(default_factory=dict)
+    _tables: dict[tuple[int, int, float | None], "_MinRunTable"] = field(default_factory=dict)
 
     @classmethod
     def of(cls, f: np.ndarray) -> "_Zone":
@@ -130,8 +131,22 @@ class _Zone:
             self._hot[max_intensity] = h
         return h
 
+    def min_run_table(self, lo: int, m: int, max_intensity: float | None) -> "_MinRunTable":
+        """The shared min-run DP table for jobs placed from `lo` on, forbidding the
+        slots above max_intensity (None: nothing forbidden); cached."""
+        key = (lo, m, max_intensity)
+        t = self._tables.get(key)
+        if t is None:
+            bad = None if max_intensity is None else self.hot(max_intensity)[lo:]
+            t = _MinRunTable(self, bad, lo, self.f.size, m, self.f.size - lo + 1)
+            self._tables[key] = t
+        return t
+
     def cost(self, runs: Sequence[tuple[int, int]]) -> float:
         """Summed intensity of the runs, added left to right (the same float every time)."""
+        if len(runs) == 1:
+            (s, e), = runs
+            return float(self.cum[e] - self.cum[s])
         return float(sum(self.cum[e] - self.cum[s] for s, e in runs))
 
 
@@ -158,7 +173,8 @@ def _merge(runs: Sequence[tuple[int, int]]) -> _Runs:
 
 def _runs_of_mask(mask: np.ndarray, offset: int = 0) -> _Runs:
     """[start, end) ranges of the True stretches of mask, shifted by offset."""
-    edges = np.flatnonzero(np.diff(mask, prepend=False, append=False)) + offset
+    padded = np.concatenate(([False], mask, [False]))
+    edges = np.flatnonzero(padded[1:] != padded[:-1]) + offset
     it = iter(edges.tolist())
     return tuple(zip(it, it))
 
@@ -200,65 +216,98 @@ def _cheapest_mask(z: _Zone, bad: np.ndarray | None, lo: int, hi: int, k: int) -
     return r <= np.partition(r, k - 1)[k - 1]
 
 
-def _min_run_dp(z: _Zone, bad: np.ndarray | None, lo: int, hi: int, k: int, m: int) -> _Runs | None:
-    """Exact cheapest choice of k allowed slots in [lo, hi) whose maximal runs are all
-    >= m slots (k >= m), or None.
+class _MinRunTable:
+    """Exact cheapest choice of k allowed slots in [lo, lo + t) whose maximal runs are
+    all >= m slots (rows computed on demand, for many k and t at once).
 
     Cells (j slots used, boundary t): ON = slot t-1 used and its run already >= m;
     G = best of any state at t. ON[j][t] = min(ON[j-1][t-1] + c[t-1],
     G[j-m][t-m] + window_m(t-m)); G[j][t] = min over t' <= t of ON[j][t'].
-    Only t in [j, n - k + j] can lead to k slots, so row j is stored at u = t - j
-    (width n - k + 1) and every row is a few numpy calls along time."""
-    n = hi - lo
-    w = n - k + 1
-    c = z.f[lo:hi]
-    wm = z.windows(m)[lo:hi - m + 1]
-    if bad is not None:
-        c = np.where(bad, np.inf, c)
-        wm = np.where(_window_ok(bad, m), wm, np.inf)
-    g = np.full((k + 1, w), np.inf)
-    g[0] = 0.0
-    new_run = np.ones((k + 1, w), dtype=bool)
-    on = np.full(w, np.inf)
-    for j in range(m, k + 1):
-        new = g[j - m] + wm[j - m:j - m + w]
-        if j > m:
-            ext = on + c[j - 1:j - 1 + w]
-            new_run[j] = new <= ext
-            on = np.minimum(new, ext)
-        else:
-            on = new
-        np.minimum.accumulate(on, out=g[j])
-    if not np.isfinite(g[k, w - 1]):
-        return None
-    runs: list[tuple[int, int]] = []
-    j, u = k, w - 1
-    while j > 0:
-        row = g[j, :u + 1]
-        u = int(np.argmax(row == row[u]))      # earliest end reaching this cost
-        end = lo + u + j
-        while not new_run[j, u]:
-            j -= 1
-        runs.append((lo + u + j - m, end))
-        j -= m
-    return _merge(runs)
+    Row j is stored as a band u = t - j in [0, width): t < j is never feasible, and a
+    single job of k slots in n needs only width n - k + 1. A row is five numpy calls
+    along the band, so k slots cost O(k * width) in C. Answers for a prefix [lo, hi)
+    do not depend on what lies after hi, so one table with width n + 1 serves every
+    job that starts at lo with the same forbidden slots."""
+
+    def __init__(self, z: _Zone, bad: np.ndarray | None, lo: int, hi: int, m: int, width: int) -> None:
+        self.lo, self.m, self.width = lo, m, width
+        n = hi - lo
+        c = z.f[lo:hi]
+        wm = z.windows(m)[lo:hi - m + 1] if n >= m else np.empty(0)
+        if bad is not None:
+            c = np.where(bad, np.inf, c)
+            if n >= m:
+                wm = np.where(_window_ok(bad, m), wm, np.inf)
+        pad = n + width + 1        # rows never reach past j = n: indices stay below n + width
+        self.c = np.concatenate((c, np.full(pad - c.size, np.inf)))
+        self.wm = np.concatenate((wm, np.full(pad - wm.size, np.inf)))
+        self.g = np.full((m, width), np.inf)
+        self.g[0] = 0.0
+        self.new_run = np.ones((m, width), dtype=bool)
+        self.on = np.full(width, np.inf)
+
+    def _grow(self, k: int) -> None:
+        rows, m, w = self.g.shape[0], self.m, self.width
+        if k < rows:
+            return
+        extra = max(k + 1, 2 * rows) - rows
+        self.g = np.vstack((self.g, np.full((extra, w), np.inf)))
+        self.new_run = np.vstack((self.new_run, np.ones((extra, w), dtype=bool)))
+        new = np.empty(w)
+        ext = np.empty(w)
+        for j in range(rows, rows + extra):
+            np.add(self.g[j - m], self.wm[j - m:j - m + w], out=new)
+            if j > m:
+                np.add(self.on, self.c[j - 1:j - 1 + w], out=ext)
+                np.less_equal(new, ext, out=self.new_run[j])
+                np.minimum(new, ext, out=self.on)
+            else:
+                self.on[:] = new
+            np.minimum.accumulate(self.on, out=self.g[j])
+
+    def runs(self, k: int, t: int) -> _Runs | None:
+        """The cheapest such choice of k slots in [lo, lo + t) (earliest ends on ties)."""
+        u = t - k
+        if not 0 <= u < self.width:
+            return None
+        self._grow(k)
+        if not np.isfinite(self.g[k, u]):
+            return None
+        g, new_run, m = self.g, self.new_run, self.m
+        out: list[tuple[int, int]] = []
+        j = k
+        while j > 0:
+            row = g[j, :u + 1]
+            u = int(np.argmax(row == row[u]))      # earliest end reaching this cost
+            end = u + j
+            while not new_run[j, u]:
+                j -= 1
+            out.append((self.lo + u + j - m, self.lo + end))
+            j -= m
+        return _merge(out)
 
 
-def _min_run_exact(z: _Zone, bad: np.ndarray | None, lo: int, hi: int, k: int, m: int) -> _Runs | None:
+def _min_run_exact(z: _Zone, bad: np.ndarray | None, lo: int, hi: int, k: int, m: int,
+                   table: _MinRunTable | None = None) -> _Runs | None:
     """Cheapest k slots in [lo, hi) in runs of >= m (k >= 2m): the cheapest slots when
-    they already form such runs (then they are optimal), else the exact DP."""
+    they already form such runs (then they are optimal), else the exact DP (on
+    `table` when given: it must start at lo and forbid exactly `bad` in [lo, hi))."""
     mask = _cheapest_mask(z, bad, lo, hi, k)
     if mask is None:
         return None
     runs = _runs_of_mask(mask, lo)
     if all(e - s >= m for s, e in runs):
         return runs
-    return _min_run_dp(z, bad, lo, hi, k, m)
+    if table is None:
+        table = _MinRunTable(z, bad, lo, hi, m, hi - lo - k + 1)
+    return table.runs(k, hi - lo)
 
 
-def place(z: _Zone, job: JobSpec, bad: np.ndarray | None, lo: int, hi: int, k: int) -> _Runs | None:
+def place(z: _Zone, job: JobSpec, bad: np.ndarray | None, lo: int, hi: int, k: int,
+          table: Callable[[int], _MinRunTable] | None = None) -> _Runs | None:
     """Cheapest placement of k slots of `job` in [lo, hi) avoiding bad slots (a mask
-    over [lo, hi)), or None when there is none. Ties: earliest first start."""
+    over [lo, hi)), or None when there is none. Ties: earliest first start.
+    `table(m)` may supply a shared min-run DP table that forbids exactly `bad`."""
     if k <= 0:
         return ()
     s = _best_window(z, bad, lo, hi, k)
@@ -271,11 +320,10 @@ def place(z: _Zone, job: JobSpec, bad: np.ndarray | None, lo: int, hi: int, k: i
         mask = _cheapest_mask(z, bad, lo, hi, k)
         other = None if mask is None else _runs_of_mask(mask, lo)
     elif k >= 2 * m:        # below 2m slots a single run is the only shape allowed
-        other = _min_run_exact(z, bad, lo, hi, k, m)
-    candidates = [rs for rs in (window, other) if rs is not None]
-    if not candidates:
-        return None
-    return min(candidates, key=lambda rs: (z.cost(rs), rs[0][0]))
+        other = _min_run_exact(z, bad, lo, hi, k, m, None if table is None else table(m))
+    if window is None or other is None:
+        return window or other
+    return min((window, other), key=lambda rs: (z.cost(rs), rs[0][0]))
 
 
 class _Planner:
@@ -295,16 +343,20 @@ class _Planner:
                                      f"(forecasts cover {sorted(self.zones)})")
         return z
 
-    def bad(self, z: _Zone, job: JobSpec, lo: int, hi: int, *, capacity: bool,
-            intensity: bool) -> np.ndarray | None:
-        """Forbidden slots over [lo, hi), or None when none is forbidden."""
-        bad = None
+    def attempt(self, z: _Zone, job: JobSpec, lo: int, hi: int, k: int, *, capacity: bool,
+                intensity: bool) -> _Runs | None:
+        """place() with the free capacity and/or maxIntensity as forbidden slots."""
+        full = None
         if capacity and self.free is not None and job.gpus > 0:
-            bad = self.free[lo:hi] < job.gpus
-        if intensity and job.max_intensity is not None:
-            hot = z.hot(float(job.max_intensity))[lo:hi]
-            bad = hot if bad is None else (bad | hot)
-        return bad if bad is not None and bad.any() else None
+            full = self.free[lo:hi] < job.gpus
+            full = full if full.any() else None
+        thr = float(job.max_intensity) if intensity and job.max_intensity is not None else None
+        hot = None if thr is None else z.hot(thr)[lo:hi]
+        if hot is not None and not hot.any():
+            thr = hot = None
+        bad = hot if full is None else (full if hot is None else full | hot)
+        table = None if full is not None else (lambda m: z.min_run_table(lo, m, thr))
+        return place(z, job, bad, lo, hi, k, table)
 
     def plan_one(self, job: JobSpec) -> JobPlan:
         z = self.zone(job)
@@ -325,15 +377,15 @@ class _Planner:
             # cannot finish by the deadline: run from now, uninterrupted
             return self._done(z, job, run_now, rn_grams, DEADLINE_FORCED)
         reason = PLANNED
-        runs = place(z, job, self.bad(z, job, lo, hi, capacity=True, intensity=True), lo, hi, rest)
+        runs = self.attempt(z, job, lo, hi, rest, capacity=True, intensity=True)
         if runs is None and job.max_intensity is not None:
-            runs = place(z, job, self.bad(z, job, lo, hi, capacity=True, intensity=False), lo, hi, rest)
+            runs = self.attempt(z, job, lo, hi, rest, capacity=True, intensity=False)
             reason = MAX_INTENSITY_RELAXED
         if runs is None:
-            runs = place(z, job, None, lo, hi, rest)
+            runs = self.attempt(z, job, lo, hi, rest, capacity=False, intensity=False)
             reason = CAPACITY_FORCED
         assert runs is not None  # lo + rest <= hi, so an unconstrained window exists
-        runs = _merge(prefix + runs)
+        runs = _merge(prefix + runs) if prefix else runs
         if reason == PLANNED and len(runs) == 1 and runs[0][0] == e:
             reason = RUN_NOW
         return self._done(z, job, runs, rn_grams, reason)
