@@ -28,7 +28,7 @@ from pydantic import BaseModel, ValidationError
 
 from greenml import GROUP, VERSION
 from greenml.api import InferenceBudget, TrainingJob
-from greenml.timeutil import parse_duration, parse_time
+from greenml.timeutil import format_time, parse_duration, parse_time
 
 KINDS: dict[str, type[BaseModel]] = {"TrainingJob": TrainingJob, "InferenceBudget": InferenceBudget}
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -88,7 +88,7 @@ def semantic_errors(obj: dict[str, Any], now: datetime) -> list[tuple[str, str]]
     if not isinstance(spec, dict):
         return []
     if kind == "TrainingJob":
-        return _training_job_rules(spec, now)
+        return _training_job_rules(obj, now)
     if kind == "InferenceBudget":
         return _inference_budget_rules(spec)
     return []
@@ -109,37 +109,19 @@ def _duration(v: Any) -> timedelta | None:
         return None
 
 
-def _training_job_rules(spec: dict[str, Any], now: datetime) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    pod = _get(spec, "template", "spec", "template", "spec")
-    containers = _get(pod, "containers")
-    if not isinstance(containers, list) or not containers:
-        out.append(("spec.template.spec.template.spec.containers",
-                    "the Job template needs at least one container"))
-    restart = _get(pod, "restartPolicy")
-    if restart is not None and restart not in ("Never", "OnFailure"):
-        out.append(("spec.template.spec.template.spec.restartPolicy",
-                    f"a Job's pods need restartPolicy Never or OnFailure, not {restart!r}"))
-    sched = spec.get("schedule") if isinstance(spec.get("schedule"), dict) else {}
-    duration = _duration(sched.get("estimatedDuration"))
-    deadline_raw = sched.get("deadline")
-    if duration is not None and deadline_raw is not None:
-        try:
-            deadline = parse_time(str(deadline_raw))
-        except ValueError:
-            deadline = None
-        if deadline is not None and deadline <= now:
-            out.append(("spec.schedule.deadline", f"deadline {deadline_raw} is in the past"))
-        elif deadline is not None and deadline < now + duration:
-            out.append(("spec.schedule.deadline",
-                        f"deadline {deadline_raw} cannot be met: estimatedDuration "
-                        f"{sched.get('estimatedDuration')} does not fit even when started now"))
-    min_run = _duration(sched.get("minRunDuration"))
-    if duration is not None and min_run is not None and min_run > duration:
-        out.append(("spec.schedule.minRunDuration",
-                    f"minRunDuration {sched.get('minRunDuration')} exceeds estimatedDuration "
-                    f"{sched.get('estimatedDuration')}"))
-    return out
+def _training_job_rules(obj: dict[str, Any], now: datetime) -> list[tuple[str, str]]:
+    """The operator's own admission checks (greenml.services.trainingjob): one code path
+    decides what the operator would reject and what lint reports."""
+    from greenml.services.trainingjob import Defaults, InvalidSpec, check_feasible, resolve
+
+    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    body = {**obj, "metadata": {**meta, "creationTimestamp": meta.get("creationTimestamp") or format_time(now)}}
+    defaults = Defaults()
+    try:
+        check_feasible(resolve(body, defaults), now, defaults)
+    except InvalidSpec as err:
+        return [(err.field, err.message)]
+    return []
 
 
 def _number(v: Any) -> float | None:

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     health_port: int = Field(default=8080, ge=1, le=65535)
     metrics_port: int = Field(default=9090, ge=0, le=65535)
     peering: str | None = Field(default=None, description="kopf peering name for HA; None: standalone")
+    peering_priority: int | None = Field(default=None, ge=0, le=2**31 - 1,
+                                         description="kopf peering priority; None: derived from the pod name")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 

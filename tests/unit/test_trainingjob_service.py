@@ -15,7 +15,7 @@ from greenml.signals.series import SeriesSource
 
 T0 = datetime(2024, 3, 4, 0, 0, tzinfo=timezone.utc)
 D = Defaults(zone="DE", safety_margin=timedelta(minutes=10), min_run=timedelta(minutes=30),
-             gpu_watts={"A100": 400.0}, step=timedelta(minutes=30))
+             step=timedelta(minutes=30))
 
 
 def body(**schedule):
@@ -40,7 +40,9 @@ def test_resolve_defaults_and_gpus():
 
 def test_resolve_gpu_table_and_unknown_model():
     b = body(); b["spec"]["power"] = {"gpuModel": "a100"}
-    assert resolve(b, D).watts == 8 * 400.0
+    from greenml.signals.gpus import lookup
+    assert resolve(b, D).watts == 8 * lookup("A100-SXM").typical_w   # bare family → SXM variant
+    assert resolve(b, D).power_source == "gpu-table"
     b["spec"]["power"] = {"gpuModel": "Z9"}
     with pytest.raises(InvalidSpec) as e:
         resolve(b, D)

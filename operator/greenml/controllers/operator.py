@@ -18,18 +18,10 @@ log = logging.getLogger("greenml.operator")
 PREFIX = "greenml.io"
 
 
-def gpu_table() -> dict[str, float]:
-    try:
-        from greenml.signals.gpus import watts_table
-    except ImportError:  # the table ships with the signals package
-        return {}
-    return dict(watts_table())
-
-
 def build_context(settings: Settings, kube: Kube | None = None) -> Context:
     from greenml.signals import build_source
 
-    defaults = Defaults.from_settings(settings, gpu_table())
+    defaults = Defaults.from_settings(settings)
     kube = kube or Kube()
     ctx_ref: dict[str, Context] = {}
     board = PlanBoard(
@@ -57,8 +49,21 @@ def configure_kopf(ks: kopf.OperatorSettings, settings: Settings) -> None:
         ks.peering.name = settings.peering
         ks.peering.standalone = False
         ks.peering.mandatory = True
+        # kopf pauses *every* peer when priorities tie, so each replica needs its own
+        ks.peering.priority = peering_priority(settings)
     else:
         ks.peering.standalone = True
+
+
+def peering_priority(settings: Settings) -> int:
+    """Configured, else a stable hash of the pod name (distinct per replica, same across restarts)."""
+    if settings.peering_priority is not None:
+        return settings.peering_priority
+    import os
+    import zlib
+
+    pod = os.environ.get("POD_NAME") or os.environ.get("HOSTNAME") or "greenml"
+    return 1 + zlib.crc32(pod.encode()) % 32767
 
 
 @kopf.on.startup()

@@ -14,7 +14,7 @@ import hashlib
 import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from pydantic import ValidationError
 
@@ -46,19 +46,30 @@ class Defaults:
     min_run: timedelta = timedelta(minutes=30)
     watts_per_gpu: float = 300.0
     cpu_job_watts: float = 100.0
-    gpu_watts: Mapping[str, float] = field(default_factory=dict)  # model → watts
+    gpu_watts: Callable[[str], float | None] = field(default=None)  # model name → typical watts (None: unknown)
     step: timedelta = timedelta(minutes=5)
 
+    def __post_init__(self) -> None:
+        if self.gpu_watts is None:
+            object.__setattr__(self, "gpu_watts", typical_gpu_watts)
+
     @classmethod
-    def from_settings(cls, settings: Any, gpu_watts: Mapping[str, float] | None = None) -> "Defaults":
+    def from_settings(cls, settings: Any) -> "Defaults":
         return cls(
             zone=settings.default_zone,
             safety_margin=parse_duration(settings.safety_margin),
             min_run=parse_duration(settings.default_min_run),
             watts_per_gpu=settings.default_watts_per_gpu,
-            gpu_watts=dict(gpu_watts or {}),
             step=parse_duration(settings.step),
         )
+
+
+def typical_gpu_watts(model: str) -> float | None:
+    """Typical training draw of a GPU model from the cited table in greenml.signals.gpus."""
+    from greenml.signals.gpus import lookup
+
+    spec = lookup(model)
+    return spec.typical_w if spec else None
 
 
 @dataclass(frozen=True)
@@ -204,18 +215,23 @@ def resolve(body: Mapping[str, Any], defaults: Defaults, *, known_zones: Sequenc
             raise InvalidSpec("metadata.creationTimestamp", "needed to resolve schedule.maxDelay")
         deadline = created + parse_duration(spec.schedule.max_delay) + duration
     min_run = parse_duration(spec.schedule.min_run_duration) if spec.schedule.min_run_duration else defaults.min_run
+    if spec.schedule.min_run_duration and min_run > duration:
+        raise InvalidSpec("spec.schedule.minRunDuration",
+                          f"minRunDuration {spec.schedule.min_run_duration} exceeds estimatedDuration "
+                          f"{spec.schedule.estimated_duration}")
 
     power = spec.power
     gpus = power.gpus if power and power.gpus is not None else template_gpus(spec.template)
     if power and power.watts_per_gpu is not None:
         per_gpu, src = power.watts_per_gpu, "spec"
     elif power and power.gpu_model:
-        model = power.gpu_model.upper()
-        if model not in {k.upper() for k in defaults.gpu_watts}:
-            known = ", ".join(sorted(defaults.gpu_watts)) or "none configured"
-            raise InvalidSpec("spec.power.gpuModel", f"unknown GPU model {power.gpu_model!r} (known: {known})")
-        per_gpu = {k.upper(): v for k, v in defaults.gpu_watts.items()}[model]
-        src = "gpu-table"
+        found = defaults.gpu_watts(power.gpu_model)
+        if found is None:
+            from greenml.signals.gpus import GPUS
+
+            raise InvalidSpec("spec.power.gpuModel", f"unknown GPU model {power.gpu_model!r} "
+                              f"(known: {', '.join(sorted(GPUS))}); or set spec.power.wattsPerGpu")
+        per_gpu, src = found, "gpu-table"
     else:
         per_gpu, src = defaults.watts_per_gpu, "default"
     watts = gpus * per_gpu if gpus > 0 else defaults.cpu_job_watts
@@ -246,6 +262,8 @@ def resolve(body: Mapping[str, Any], defaults: Defaults, *, known_zones: Sequenc
 def check_feasible(req: JobRequirements, now: datetime, defaults: Defaults) -> None:
     """At admission (before any Job exists): the deadline must still be reachable."""
     earliest_finish = now + req.duration
+    if req.deadline <= now:
+        raise InvalidSpec("spec.schedule.deadline", f"deadline {format_time(req.deadline)} is in the past")
     if earliest_finish > req.deadline:
         raise InvalidSpec(
             "spec.schedule.deadline",
