@@ -4,7 +4,7 @@ One pure function, :func:`decide`, serves both the operator controller and
 ``greenml simulate inference``. It paces the period's budget with a dual price λ
 on carbon (or energy): over the rest of the period it picks, per step, the variant
 maximising ``quality·requests − λ·grams``, finds the smallest λ whose projected spend
-fits the remaining budget (bisection, vectorised over steps × variants), and applies
+fits the remaining budget (exact: binary search over the per-step breakpoints, vectorised over steps × variants), and applies
 only the current step's choice. Re-solving every step is what "adjusts λ as spend
 tracks the plan" (Lagrangian relaxation of a multiple-choice knapsack; the same idea
 as Clover, SC'23, and Quality Time, e-Energy'25).
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import cached_property
 from datetime import datetime, timedelta
 from typing import Sequence
 
@@ -70,8 +71,6 @@ class PacingConfig:
     """
 
     forecast_margin: float = 0.05
-    max_iterations: int = 60
-    relative_tolerance: float = 1e-6
 
 
 @dataclass(frozen=True)
@@ -108,10 +107,16 @@ class BudgetModel:
                 return i
         return None
 
-    @property
+    @cached_property
     def eligible(self) -> np.ndarray:
         """Indices of variants at or above the quality floor."""
         return np.array([i for i, v in enumerate(self.variants) if v.quality >= self.quality_floor], dtype=np.int64)
+
+    @cached_property
+    def columns(self) -> dict[str, np.ndarray]:
+        """Per-variant numbers as arrays (quality, capacity, watts, idle, joules per request)."""
+        return {f: np.array([getattr(v, f) for v in self.variants], dtype=np.float64)
+                for f in ("quality", "capacity_rps", "watts", "idle_watts", "joules_per_request")}
 
 
 @dataclass(frozen=True)
@@ -210,17 +215,15 @@ def new_state(spec: InferenceBudgetSpec | BudgetModel, now: datetime,
 
 def replicas_needed(model: BudgetModel, load: np.ndarray) -> np.ndarray:
     """Replicas per step × variant for ``load`` (req/s), within the policy bounds."""
-    cap = np.array([v.capacity_rps for v in model.variants])
+    cap = model.columns["capacity_rps"]
     need = np.ceil(np.maximum(np.asarray(load, dtype=np.float64), 0.0)[:, None] / cap[None, :] - 1e-9)
     return np.clip(need, model.min_replicas, model.max_replicas)
 
 
 def power_watts(model: BudgetModel, load: np.ndarray, replicas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(watts, served req/s) per step × variant for the given replicas."""
-    cap = np.array([v.capacity_rps for v in model.variants])
-    watts = np.array([v.watts for v in model.variants])
-    idle = np.array([v.idle_watts for v in model.variants])
-    jpr = np.array([v.joules_per_request for v in model.variants])
+    col = model.columns
+    cap, watts, idle, jpr = col["capacity_rps"], col["watts"], col["idle_watts"], col["joules_per_request"]
     capacity = replicas * cap[None, :]
     served = np.minimum(np.maximum(np.asarray(load, dtype=np.float64), 0.0)[:, None], capacity)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -256,8 +259,7 @@ def step_costs(model: BudgetModel, intensity: np.ndarray, load: np.ndarray, seco
         replicas = np.minimum(replicas, replica_cap)
     watts, served = power_watts(model, load, replicas)
     kwh = watts * seconds[:, None] / 3.6e6
-    quality = np.array([v.quality for v in model.variants])
-    utility = quality[None, :] * served * seconds[:, None]
+    utility = model.columns["quality"][None, :] * served * seconds[:, None]
     grams = kwh * np.asarray(intensity, dtype=np.float64)[:, None]
     return StepCosts(utility, grams, kwh, replicas, seconds)
 
@@ -281,15 +283,16 @@ def _choose(utility: np.ndarray, cost: np.ndarray, lam: float) -> np.ndarray:
 Limits = Sequence[tuple[np.ndarray, float]]
 
 
-def pace(utility: np.ndarray, cost: np.ndarray, limits: Limits, weights: np.ndarray | None = None,
-         *, start_price: float | None = None, config: PacingConfig = PacingConfig()) -> PacedPlan:
+def pace(utility: np.ndarray, cost: np.ndarray, limits: Limits, weights: np.ndarray | None = None) -> PacedPlan:
     """Smallest λ ≥ 0 whose per-step argmax of ``utility − λ·cost`` keeps every limit.
 
     ``utility``/``cost`` are steps × options (options already filtered to the eligible
     ones). Each limit is ``(matrix, allowance)``: Σ_t weights_t·matrix[t, choice_t] must
     not exceed allowance (one limit per budget: grams and/or kWh). ``weights`` carry the
-    forecast margin. If even the cheapest option per step breaks a limit, returns the
-    cheapest choice with ``price=inf``.
+    forecast margin. The choice only changes at the breakpoints ΔU/ΔC between two
+    options of a step, so λ is found exactly by binary search over the sorted
+    breakpoints (O(T·V²) memory, ~log2(T·V²) evaluations). If even the cheapest option
+    per step breaks a limit, returns the cheapest choice with ``price=inf``.
     """
     w = np.ones(cost.shape[0]) if weights is None else weights
     rows = np.arange(cost.shape[0])
@@ -306,29 +309,21 @@ def pace(utility: np.ndarray, cost: np.ndarray, limits: Limits, weights: np.ndar
     cheapest = _cheapest(utility, cost)
     if not ok(cheapest):
         return done(cheapest, math.inf)
-    # bracket [lo, hi] with hi feasible, starting from the previous price when known
-    hi = start_price if start_price and math.isfinite(start_price) and start_price > 0 else 1.0
-    lo = 0.0
-    for _ in range(200):
-        if ok(_choose(utility, cost, hi)):
-            break
-        lo, hi = hi, hi * 4.0
-    else:  # utility differences too large to separate: the cheapest plan fits, use it
-        return done(cheapest, math.inf)
-    while lo == 0.0 and hi > 1e-15:
-        if not ok(_choose(utility, cost, hi / 4.0)):
-            lo = hi / 4.0
-        else:
-            hi /= 4.0
-    for _ in range(config.max_iterations):
-        if hi - lo <= config.relative_tolerance * hi:
-            break
-        mid = 0.5 * (lo + hi)
-        if ok(_choose(utility, cost, mid)):
+    du = utility[:, :, None] - utility[:, None, :]
+    dc = cost[:, :, None] - cost[:, None, :]
+    mask = (du > 0) & (dc > 0)
+    # just above each breakpoint the cheaper option of the pair wins
+    prices = np.unique(du[mask] / dc[mask]) * (1.0 + 1e-9)
+    lo, hi = 0, prices.size - 1
+    if prices.size == 0 or not ok(_choose(utility, cost, float(prices[-1]))):
+        return done(cheapest, float(prices[-1]) * 2.0 if prices.size else math.inf)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ok(_choose(utility, cost, float(prices[mid]))):
             hi = mid
         else:
-            lo = mid
-    return done(_choose(utility, cost, hi), hi)
+            lo = mid + 1
+    return done(_choose(utility, cost, float(prices[lo])), float(prices[lo]))
 
 
 def _cheapest(utility: np.ndarray, cost: np.ndarray) -> np.ndarray:
@@ -462,8 +457,7 @@ def decide(spec: InferenceBudgetSpec | BudgetModel, state: BudgetState, intensit
                             f"at/above the quality floor, with {reps} replicas",
                             costs=sit.throttled(reps))
 
-    plan = pace(util_e, cost_e, [(m[:, elig], a) for m, a in limits], weights,
-                start_price=state.carbon_price, config=config)
+    plan = pace(util_e, cost_e, [(m[:, elig], a) for m, a in limits], weights)
     if not math.isfinite(plan.price):
         if not sit.fits(sit.cheapest, margin=False):
             return _floor_breach(sit, words)
@@ -581,7 +575,7 @@ def offline_optimum(model: BudgetModel, costs: StepCosts) -> OfflinePlan:
     elig = model.eligible
     u, c = costs.utility[:, elig], costs.cost(model)[:, elig]
     limits = [(m[:, elig], a) for m, a in _limits(model, empty, costs)]
-    plan = pace(u, c, limits, config=PacingConfig(max_iterations=200, relative_tolerance=1e-12))
+    plan = pace(u, c, limits)
     rows = np.arange(u.shape[0])
     ch = plan.choice
     if math.isfinite(plan.price):

@@ -24,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 import yaml
+from pydantic import ValidationError
 
 from greenml.api import InferenceBudget, InferenceBudgetSpec
 from greenml.planning.inference import (BudgetModel, BudgetState, PacingConfig, VariantDecision,
@@ -54,7 +55,8 @@ def _regular(path: Path, times: list[datetime], values: list[float], what: str) 
     diffs = np.diff(ts)
     if (diffs <= 0).any():
         raise ValueError(f"{path}: duplicate timestamps in {what}")
-    step = float(np.median(diffs))
+    values_, counts = np.unique(diffs, return_counts=True)
+    step = float(values_[int(np.argmax(counts))])  # the most common spacing (ties: the shortest)
     idx = np.round((ts - ts[0]) / step).astype(np.int64)
     grid = np.full(int(idx[-1]) + 1, np.nan)
     grid[idx] = vs
@@ -131,8 +133,9 @@ def read_budget(path: str | Path) -> InferenceBudgetSpec:
         raise ValueError(f"{path}: not an InferenceBudget manifest (kind: {doc.get('kind') if isinstance(doc, dict) else None!r})")
     try:
         return InferenceBudget.model_validate(doc).spec
-    except Exception as exc:  # pydantic.ValidationError: name the file, keep pydantic's field paths
-        raise ValueError(f"{path}: invalid InferenceBudget: {exc}") from exc
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"{path}: invalid InferenceBudget: {problems}") from exc
 
 
 # --------------------------------------------------------------------------- baselines
