@@ -14,6 +14,7 @@ from typing import Any
 
 import requests
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+from urllib3.util.retry import Retry
 
 from greenml.signals.base import IntensitySeries, SignalError
 from greenml.signals.file import regular_series
@@ -28,7 +29,10 @@ class Prometheus:
 
     def __init__(self, url: str, *, timeout: float = 10.0, headers: dict[str, str] | None = None) -> None:
         self.url = check_url(url, credentials=bool(headers), what="prometheus")
-        self._conn = PrometheusConnect(url=self.url, headers=headers, disable_ssl=False, timeout=int(max(1, timeout)))
+        # one quick retry only: the fallback chain, not a long backoff, handles an absent Prometheus
+        retry = Retry(total=1, backoff_factor=0.1, status_forcelist=(502, 503, 504), allowed_methods=("GET", "POST"))
+        self._conn = PrometheusConnect(url=self.url, headers=headers, disable_ssl=False, retry=retry,
+                                       timeout=int(max(1, timeout)))
         self._timeout = timeout
 
     def __repr__(self) -> str:
