@@ -126,7 +126,7 @@ async def test_invalid_spec_is_reported_and_others_still_served(api, kubeconfig,
         assert cond["status"] == "True" and "containers" in cond["message"]
         assert await job_of(api, "broken") is None, "no Job for an invalid spec"
         st = await wait_for("late → Failed", lambda: _phase(api, "late", "Failed"), op=op)
-        assert "cannot be met" in {c["type"]: c for c in st["conditions"]}["InvalidSpec"]["message"]
+        assert "in the past" in {c["type"]: c for c in st["conditions"]}["InvalidSpec"]["message"]
         await wait_for("fine gets its Job", lambda: job_of(api, "fine"), op=op)
         events = await wait_for("an event", lambda: api.posted_events("broken"), op=op)
         assert any(e.get("type") == "Warning" and e.get("reason") == "InvalidSpec" for e in events)
