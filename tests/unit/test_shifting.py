@@ -174,6 +174,18 @@ def test_min_run_dp_with_capacity_holes_equals_brute_force(seed):
         assert z.cost(runs) == pytest.approx(best)
 
 
+def test_shared_min_run_table_answers_like_a_fresh_one():
+    """One table grown query by query (doubling past the span) answers every (k, t)
+    exactly like a table built for that single query."""
+    rng = np.random.default_rng(5)
+    f = rng.integers(1, 9, 11).astype(float)
+    z, n, m = sh._Zone.of(f), 11, 2
+    shared = sh._MinRunTable(z, None, 0, n, m, n + 1)
+    for k, t in [(8, 11), (9, 11), (11, 11), (4, 6), (9, 10), (12, 11), (6, 11)]:
+        fresh = sh._MinRunTable(z, None, 0, t, m, max(t - k + 1, 1)).runs(k, t) if k <= t else None
+        assert shared.runs(k, t) == fresh
+
+
 # --------------------------------------------------------------------------- reference
 
 def ref_plan(jobs: Sequence[JobSpec], f: np.ndarray, cap: float | None) -> list[tuple]:

@@ -238,7 +238,8 @@ class _MinRunTable:
             c = np.where(bad, np.inf, c)
             if n >= m:
                 wm = np.where(_window_ok(bad, m), wm, np.inf)
-        pad = n + width + 1        # rows never reach past j = n: indices stay below n + width
+        self.max_rows = n + 1      # j <= n slots fit: indices stay below n + width
+        pad = n + width + 1
         self.c = np.concatenate((c, np.full(pad - c.size, np.inf)))
         self.wm = np.concatenate((wm, np.full(pad - wm.size, np.inf)))
         self.g = np.full((m, width), np.inf)
@@ -250,7 +251,7 @@ class _MinRunTable:
         rows, m, w = self.g.shape[0], self.m, self.width
         if k < rows:
             return
-        extra = max(k + 1, 2 * rows) - rows
+        extra = min(max(k + 1, 2 * rows), self.max_rows) - rows
         self.g = np.vstack((self.g, np.full((extra, w), np.inf)))
         self.new_run = np.vstack((self.new_run, np.ones((extra, w), dtype=bool)))
         new = np.empty(w)
