@@ -13,7 +13,7 @@ Inputs (all from ../shared/data, read in place, never copied):
     RWKV-raven-7B. quality = mean(ARC, HellaSwag, TruthfulQA) min-max normalised over
     all A100-chat rows of the table; joulesPerRequest = energy per response;
     capacityRps = 1 / latency per response (batch size 1, as measured);
-  * ``tflite``: TFLite hosted models, MobileNetV1 1.0/0.75/0.5 at 224 px, float32 vs int8:
+  * ``tflite``: TFLite hosted models, MobileNetV1 1.0 at 224 px float32 and int8, 0.75 int8:
     quality = top-1 / 100; energy per request ∝ TFLite latency at a constant 2 W draw
     (an assumption: the table has no energy; budgets are set relative to always-best,
     so the constant cancels out of every reported ratio).
@@ -53,8 +53,7 @@ FRACTIONS = (0.5, 0.7, 0.9)
 NOISE = (0.0, 0.1)
 MEAN_RPS = 2.0
 LLM = ("lmsys/vicuna-13B", "lmsys/vicuna-7B", "RWKV/rwkv-raven-7b")
-TFLITE = ("Mobilenet_V1_1.0_224", "Mobilenet_V1_1.0_224_quant", "Mobilenet_V1_0.75_224_quant",
-          "Mobilenet_V1_0.5_224_quant")
+TFLITE = ("Mobilenet_V1_1.0_224", "Mobilenet_V1_1.0_224_quant", "Mobilenet_V1_0.75_224_quant")
 TFLITE_WATTS = 2.0  # assumed constant draw; cancels out of every ratio reported
 
 

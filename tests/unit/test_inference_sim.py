@@ -149,3 +149,11 @@ def test_benchmark_quick_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     paced = [r for r in payload["rows"] if r["policy"].startswith("paced")]
     assert paced and all(r["adherence_feasible_days"] == 1.0 for r in paced)
     assert {r["policy"] for r in payload["rows"]} >= {"offline-optimum", "always-best", "always-cheapest", "threshold"}
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "examples").glob("inferencebudget-*.yaml")), ids=lambda p: p.name)
+def test_examples_parse_and_decide(path: Path) -> None:
+    model = compile_spec(read_budget(path))
+    series, load = synthetic(days=8)
+    r = simulate_inference(model, series, load * 0.01, steps=False)
+    assert r["summary"]["steps"] == len(series) and r["summary"]["periods"] >= 1
