@@ -63,6 +63,15 @@ class BoardStats:
     replans: int = 0
     last_duration_s: float = 0.0
     last_jobs: int = 0
+    last_kept: int = 0        # plans carried over unchanged by the last replan (incremental path)
+
+
+@dataclass(frozen=True)
+class _Basis:
+    """What a plan was made from, to tell whether it still holds (see ``PlanBoard._keepable``)."""
+
+    entry: Entry
+    clamped: bool             # the deadline lay beyond the horizon when it was planned
 
 
 class PlanBoard:
@@ -80,6 +89,8 @@ class PlanBoard:
         self._plans: dict[Key, PlannedJob] = {}
         self._failures: dict[str, ForecastFailure] = {}
         self._planned_at: datetime | None = None
+        self._basis: dict[Key, _Basis] = {}
+        self._last_forecast: dict[str, tuple[datetime, np.ndarray]] = {}
         self._dirty = True
         self._lock = threading.RLock()
         self._perf = clock_cost
@@ -98,6 +109,7 @@ class PlanBoard:
         with self._lock:
             if self._entries.pop(key, None) is not None:
                 self._plans.pop(key, None)
+                self._basis.pop(key, None)
                 self._dirty = True
 
     def __len__(self) -> int:
@@ -133,6 +145,15 @@ class PlanBoard:
         return values, series
 
     def replan(self, now: datetime) -> None:
+        """Plan every job on the forecasts as issued now.
+
+        Incremental path: without a capacity limit jobs do not interact, so a waiting job
+        whose entry, deadline horizon and forecast (over its whole feasible range) are
+        unchanged keeps its plan — re-planning it would pick the same placement, because
+        the old optimum still lies in the (smaller) feasible set that is left. Running
+        non-interruptible jobs keep theirs too (decide() never stops them). Everything
+        else is planned afresh; with a capacity limit, every job is.
+        """
         import time
 
         t0 = time.perf_counter()
@@ -157,22 +178,69 @@ class PlanBoard:
                     forecasts[z], series_by_zone[z] = self.forecast_for(z, now, n)
                 except SignalError as exc:
                     failures[z] = ForecastFailure(z, exc.reason, str(exc))
-            plannable = [(k, j) for k, j in zip(keys, jobs) if j.zone in forecasts]
-            plans = shifting.plan([j for _, j in plannable], forecasts,
-                                  step_hours=step_s / 3600.0, capacity_gpus=self.capacity()) if plannable else []
-            self._plans = {}
-            for (key, _), p in zip(plannable, plans):
-                zone = self._entries[key].req.zone
-                s = series_by_zone[zone]
+            capacity = self.capacity()
+            same = {z: self._unchanged_slots(z, now, f) for z, f in forecasts.items()} if capacity is None else {}
+            plans: dict[Key, PlannedJob] = {}
+            todo: list[tuple[Key, shifting.JobSpec]] = []
+            for key, j in zip(keys, jobs):
+                if j.zone not in forecasts:
+                    continue
+                if capacity is None and self._keepable(key, j, now, same[j.zone], max_slots):
+                    plans[key] = self._plans[key]
+                else:
+                    todo.append((key, j))
+            fresh = shifting.plan([j for _, j in todo], forecasts, step_hours=step_s / 3600.0,
+                                  capacity_gpus=capacity) if todo else []
+            for (key, _), p in zip(todo, fresh):
+                entry = self._entries[key]
+                s = series_by_zone[entry.req.zone]
                 windows = tuple((now + step * a, now + step * b) for a, b in p.runs)
-                self._plans[key] = PlannedJob(windows, p.grams, p.run_now_grams, p.reason,
-                                              s.source, s.estimate, now)
+                plans[key] = PlannedJob(windows, p.grams, p.run_now_grams, p.reason, s.source, s.estimate, now)
+                self._basis[key] = _Basis(entry, _deadline_slots(entry.req, now, self.defaults) > max_slots)
+            self._plans = plans
+            self._last_forecast = {z: (now, f) for z, f in forecasts.items()}
             self._failures = failures
             self._planned_at = now
             self._dirty = False
             self.stats.replans += 1
             self.stats.last_jobs = len(jobs)
+            self.stats.last_kept = len(plans) - len(fresh)
             self.stats.last_duration_s = time.perf_counter() - t0
+
+    def _unchanged_slots(self, zone: str, now: datetime, values: np.ndarray) -> int:
+        """How many slots from now the new forecast equals the previous one (0: none / off grid)."""
+        prev = self._last_forecast.get(zone)
+        if prev is None:
+            return 0
+        then, old = prev
+        offset_s = (now - then).total_seconds()
+        step_s = self.defaults.step.total_seconds()
+        if offset_s < 0 or offset_s % step_s:
+            return 0
+        k = int(offset_s // step_s)
+        overlap = min(len(old) - k, len(values))
+        if overlap <= 0:
+            return 0
+        # equal up to resampling round-off (the grid is re-integrated from a new origin each time)
+        diff = np.flatnonzero(~np.isclose(old[k:k + overlap], values[:overlap], rtol=1e-9, atol=1e-9))
+        return int(diff[0]) if diff.size else overlap
+
+    def _keepable(self, key: Key, spec: shifting.JobSpec, now: datetime, unchanged: int, max_slots: int) -> bool:
+        plan, basis = self._plans.get(key), self._basis.get(key)
+        entry = self._entries[key]
+        if plan is None or basis is None or basis.entry != entry or basis.clamped:
+            return False
+        if _deadline_slots(entry.req, now, self.defaults) > max_slots:
+            return False
+        if max(spec.latest_end, spec.remaining) > unchanged:
+            return False
+        if entry.running:
+            return not entry.req.interruptible
+        return not plan.windows or plan.windows[0][0] >= now
+
+
+def _deadline_slots(req: JobRequirements, now: datetime, defaults: Defaults) -> int:
+    return int((req.deadline - defaults.safety_margin - now).total_seconds() // defaults.step.total_seconds())
 
 
 def to_job_spec(e: Entry, now: datetime, defaults: Defaults, max_slots: int) -> shifting.JobSpec | None:
