@@ -1,0 +1,67 @@
+"""Layering contracts, enforced (the role kopf's .importlinter plays, with ast and no extra tool).
+
+- greenml.planning is pure: no kopf, kubernetes, network or signal-provider imports.
+- Only greenml.kube imports the Kubernetes client.
+- Only greenml.controllers (and `greenml run`, which starts them) import kopf.
+- The operator's runtime never imports pandas or matplotlib (lean image).
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[2] / "operator" / "greenml"
+
+
+def imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+    return out
+
+
+def modules(sub: str = "") -> list[Path]:
+    return sorted((PKG / sub).rglob("*.py"))
+
+
+def offenders(paths: list[Path], banned: tuple[str, ...]) -> list[str]:
+    bad = []
+    for p in paths:
+        for mod in imports_of(p):
+            if any(mod == b or mod.startswith(b + ".") for b in banned):
+                bad.append(f"{p.relative_to(PKG.parent)} imports {mod}")
+    return bad
+
+
+def test_planning_is_pure():
+    banned = ("kopf", "kubernetes", "requests", "aiohttp", "urllib3", "socket", "http", "prometheus_api_client",
+              "greenml.kube", "greenml.controllers", "greenml.signals.providers", "greenml.signals.http")
+    assert offenders(modules("planning"), banned) == []
+
+
+def test_only_kube_imports_the_kubernetes_client():
+    others = [p for p in modules() if "kube" not in p.relative_to(PKG).parts[:1]]
+    assert offenders(others, ("kubernetes",)) == []
+
+
+def test_only_controllers_import_kopf():
+    allowed = {PKG / "commands" / "run.py"}
+    others = [p for p in modules() if p.relative_to(PKG).parts[0] != "controllers" and p not in allowed]
+    assert offenders(others, ("kopf",)) == []
+
+
+@pytest.mark.parametrize("heavy", ["pandas", "matplotlib", "scipy", "torch"])
+def test_no_heavy_dependencies_in_the_package(heavy):
+    assert offenders(modules(), (heavy,)) == []
+
+
+def test_the_checker_sees_real_imports():
+    # guards the contracts above against passing vacuously
+    assert offenders(modules("controllers"), ("kopf",))
+    assert offenders(modules("kube"), ("kubernetes",))
