@@ -113,6 +113,8 @@ InferenceBudgetSpec.model_config["json_schema_extra"] = {
 
 
 class Spend(StatusModel):
+    accounted_until: datetime | None = Field(default=None, description="Spend is counted up to this time.")
+    source: str | None = Field(default=None, description="What measured the energy (prometheus, power-model).")
     period_start: datetime | None = None
     period_end: datetime | None = None
     grams: float = 0.0
@@ -124,6 +126,7 @@ class Spend(StatusModel):
 
 
 class InferenceBudgetStatus(StatusModel):
+    phase: Literal["Pending", "Active", "Degraded", "Failed"] | None = None
     active_variant: str | None = None
     replicas: int | None = None
     switched_at: datetime | None = None
