@@ -75,9 +75,9 @@ def lwa_deadline(finish: datetime) -> datetime:
     return finish
 
 
-def lwa_workload(n_jobs: int, interruptible: bool, seed: int = 0) -> list[SimJob]:
+def lwa_workload(n_jobs: int, interruptible: bool, seed: int = 0, days: int = 366) -> list[SimJob]:
     rng = np.random.default_rng(seed)
-    workdays = [YEAR + timedelta(days=d) for d in range(366) if (YEAR + timedelta(days=d)).weekday() < 5]
+    workdays = [YEAR + timedelta(days=d) for d in range(days) if (YEAR + timedelta(days=d)).weekday() < 5]
     jobs = []
     for i in range(n_jobs):
         day = workdays[int(rng.integers(len(workdays)))]
@@ -97,6 +97,7 @@ class Case:
     seed: int | None          # None: perfect forecast
     n_jobs: int
     capacity: int | None = None
+    days: int = 366           # arrivals on the workdays of the first `days` days of 2020
 
     @property
     def label(self) -> str:
@@ -107,7 +108,7 @@ class Case:
 def run_case(case: Case) -> dict:
     path = data_file(f"carbon_intensity/lets_wait_awhile_{case.zone}_2020.csv")
     actual = load_30min(path)
-    jobs = lwa_workload(case.n_jobs, case.interruptible)
+    jobs = lwa_workload(case.n_jobs, case.interruptible, days=case.days)
     fc = forecasts.perfect(actual) if case.seed is None else forecasts.noisy(actual, 0.05, case.seed)
     policy = SimPolicy(name=case.policy, step=STEP, lwa_quirks=case.quirks, capacity_gpus=case.capacity,
                        min_run=STEP, forecast_label="perfect" if case.seed is None else f"noise 0.05 seed {case.seed}")
@@ -123,14 +124,14 @@ def cases(args: argparse.Namespace) -> list[Case]:
     for zone in args.zones:
         for intr in (False, True):
             for seed in seeds:
-                out.append(Case(zone, intr, "lwa", True, seed, args.jobs))
-                out.append(Case(zone, intr, "lwa", False, seed, args.jobs))
-                out.append(Case(zone, intr, "greenml", False, seed, args.jobs))
+                out.append(Case(zone, intr, "lwa", True, seed, args.jobs, days=args.days))
+                out.append(Case(zone, intr, "lwa", False, seed, args.jobs, days=args.days))
+                out.append(Case(zone, intr, "greenml", False, seed, args.jobs, days=args.days))
                 if args.capacity:
-                    out.append(Case(zone, intr, "greenml", False, seed, args.jobs, args.capacity))
-                    out.append(Case(zone, intr, "lwa", False, seed, args.jobs, args.capacity))
-            out.append(Case(zone, intr, "oracle", False, None, args.jobs))
-            out.append(Case(zone, intr, "greenml", False, None, args.jobs))
+                    out.append(Case(zone, intr, "greenml", False, seed, args.jobs, args.capacity, args.days))
+                    out.append(Case(zone, intr, "lwa", False, seed, args.jobs, args.capacity, args.days))
+            out.append(Case(zone, intr, "oracle", False, None, args.jobs, days=args.days))
+            out.append(Case(zone, intr, "greenml", False, None, args.jobs, days=args.days))
     return out
 
 
@@ -158,15 +159,16 @@ def summarise(rows: list[dict]) -> tuple[list[dict], str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="tiny run: GB only, 60 jobs, 1 seed")
+    p.add_argument("--quick", action="store_true", help="tiny run: GB only, 40 jobs arriving in January, 1 seed")
     p.add_argument("--seeds", type=int, default=3, help="forecast-noise seeds (the paper uses 10)")
     p.add_argument("--jobs", type=int, default=N_JOBS)
     p.add_argument("--zones", nargs="+", default=list(ZONES), choices=ZONES)
     p.add_argument("--capacity", type=int, default=None, help="also run with this many GPUs (1 per job)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--days", type=int, default=366, help="arrivals only in the first DAYS days of 2020")
     args = p.parse_args(argv)
     if args.quick:
-        args.seeds, args.jobs, args.zones = 1, 60, ["GB"]
+        args.seeds, args.jobs, args.zones, args.days = 1, 40, ["GB"], 21
     missing = [z for z in args.zones if data_file(f"carbon_intensity/lets_wait_awhile_{z}_2020.csv") is None]
     if missing:
         print(f"skipped: Let's Wait Awhile data not found for {missing} under ../shared/data")
