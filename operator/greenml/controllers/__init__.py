@@ -2,4 +2,4 @@
 
 Importing this package registers the handlers with kopf's default registry.
 """
-from greenml.controllers import operator, trainingjob  # noqa: F401  (registration)
+from greenml.controllers import inferencebudget, operator, trainingjob  # noqa: F401  (registration)

@@ -1,0 +1,188 @@
+"""InferenceBudget service: one reconcile step, pure (no kopf, no Kubernetes client).
+
+The operator's handler and ``greenml simulate inference`` share the decision core
+(``greenml.planning.inference.decide``) and its cost model (``step_costs``); this module
+adds what the live operator needs around it: the budget state kept in status, spend
+accounted for the time since the last reconcile, the signal-loss policy, the
+server-side-apply bodies for the target, and the conditions that explain it all.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Mapping
+
+import numpy as np
+from pydantic import ValidationError
+
+from greenml.api.inferencebudget import InferenceBudgetSpec
+from greenml.planning import inference as core
+from greenml.services.trainingjob import InvalidSpec
+from greenml.timeutil import format_time, parse_time
+
+
+@dataclass(frozen=True)
+class Signals:
+    """What the operator measured/forecast for this reconcile (None: unavailable)."""
+
+    intensity_now: float | None
+    intensity_forecast: np.ndarray | None     # g/kWh per step from now (step 0 = now)
+    load_now: float                           # req/s
+    load_forecast: np.ndarray                 # req/s per step
+    intensity_source: str = "unknown"
+    load_source: str = "assumed"
+    degraded_reason: str | None = None        # why signals are degraded, if they are
+
+
+@dataclass(frozen=True)
+class BudgetOutcome:
+    decision: core.VariantDecision
+    state: core.BudgetState
+    accounted_until: datetime
+    switched: bool
+    phase: str
+    conditions: list[tuple[str, bool, str, str]] = field(default_factory=list)
+
+    def spend_status(self, model: core.BudgetModel, source: str) -> dict[str, Any]:
+        s, d = self.state, self.decision
+        out: dict[str, Any] = {
+            "accountedUntil": format_time(self.accounted_until), "source": source,
+            "periodStart": format_time(s.period_start), "periodEnd": format_time(s.period_end),
+            "grams": round(s.grams_spent, 3), "energyKwh": round(s.kwh_spent, 6),
+        }
+        if model.carbon_grams is not None:
+            out["remainingGrams"] = round(model.carbon_grams - s.grams_spent, 3)
+            out["projectedGrams"] = round(d.projected_grams, 3)
+        if model.energy_kwh is not None:
+            out["remainingKwh"] = round(model.energy_kwh - s.kwh_spent, 6)
+            out["projectedKwh"] = round(d.projected_kwh, 6)
+        return out
+
+
+def parse_spec(body: Mapping[str, Any]) -> tuple[InferenceBudgetSpec, core.BudgetModel]:
+    """Validate (schema-level and what the schema cannot) or raise InvalidSpec naming the field."""
+    try:
+        spec = InferenceBudgetSpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InvalidSpec(".".join(["spec", *[str(p) for p in first["loc"]]]), first["msg"]) from None
+    try:
+        return spec, core.compile_spec(spec)
+    except core.InferenceSpecError as exc:
+        raise InvalidSpec("spec", str(exc)) from None
+
+
+def state_from_status(status: Mapping[str, Any] | None) -> tuple[core.BudgetState | None, datetime | None]:
+    st = status or {}
+    spend = st.get("spend") or {}
+    if not spend.get("periodStart") or not spend.get("periodEnd"):
+        return None, None
+    t = lambda v: parse_time(v) if v else None  # noqa: E731
+    state = core.BudgetState(
+        period_start=parse_time(spend["periodStart"]), period_end=parse_time(spend["periodEnd"]),
+        grams_spent=float(spend.get("grams") or 0.0), kwh_spent=float(spend.get("energyKwh") or 0.0),
+        active_variant=st.get("activeVariant"), replicas=st.get("replicas"),
+        switched_at=t(st.get("switchedAt")),
+        carbon_price=None if st.get("carbonPrice") is None else float(st["carbonPrice"]),
+    )
+    return state, t(spend.get("accountedUntil"))
+
+
+def spend_since(model: core.BudgetModel, state: core.BudgetState, seconds: float, intensity: float,
+                load: float) -> tuple[float, float]:
+    """(grams, kWh) of serving the active variant at its replicas for ``seconds`` — the
+    same cost model the pacer plans with (``step_costs``)."""
+    idx = model.index(state.active_variant)
+    if idx is None or seconds <= 0 or not state.replicas:
+        return 0.0, 0.0
+    c = core.step_costs(model, np.array([intensity]), np.array([load]), np.array([seconds]),
+                        replica_cap=int(state.replicas))
+    return float(c.grams[0, idx]), float(c.kwh[0, idx])
+
+
+def reconcile(spec: InferenceBudgetSpec, model: core.BudgetModel, status: Mapping[str, Any] | None,
+              now: datetime, signals: Signals, step: timedelta, *,
+              max_gap: timedelta = timedelta(minutes=30)) -> BudgetOutcome:
+    """One decision: account the spend since the last reconcile, roll the period, decide."""
+    previous, accounted_until = state_from_status(status)
+    if previous is not None and accounted_until is not None and signals.intensity_now is not None:
+        # time the operator was away is accounted at the current rate, capped: beyond
+        # max_gap the spend is unknown (measured energy, where configured, covers it)
+        seconds = min((now - accounted_until).total_seconds(), max_gap.total_seconds())
+        grams, kwh = spend_since(model, previous, seconds, signals.intensity_now, signals.load_now)
+        previous = previous.account(grams, kwh)
+    state = core.new_state(model, now, previous)
+
+    if signals.intensity_now is None or signals.intensity_forecast is None:
+        if spec.policy.on_signal_loss == "failClosed" and state.active_variant is not None:
+            idx = model.index(state.active_variant)
+            decision = core.VariantDecision(state.active_variant, int(state.replicas or model.min_replicas),
+                                            int(state.replicas or model.min_replicas),
+                                            state.carbon_price if state.carbon_price is not None else math.nan,
+                                            state.grams_spent, state.kwh_spent, core.SIGNALS_DEGRADED,
+                                            f"signals unavailable ({signals.degraded_reason}): failClosed keeps "
+                                            f"{model.variants[idx].name if idx is not None else state.active_variant}")
+        else:
+            decision = core.signal_loss_decision(model, state, signals.load_now, "failCheap")
+    else:
+        decision = core.decide(model, state, signals.intensity_forecast, signals.load_forecast, step, now,
+                               signals.intensity_now, signals.load_now)
+    switched = decision.variant != state.active_variant or decision.replicas != state.replicas
+    new = state.applied(decision, now)
+    return BudgetOutcome(decision, new, now, switched, _phase(decision), _conditions(model, decision, new, signals))
+
+
+def _phase(d: core.VariantDecision) -> str:
+    return "Active" if d.reason in (core.WITHIN_BUDGET, core.DWELL) else "Degraded"
+
+
+def _conditions(model: core.BudgetModel, d: core.VariantDecision, s: core.BudgetState,
+                signals: Signals) -> list[tuple[str, bool, str, str]]:
+    within = ((model.carbon_grams is None or d.projected_grams <= model.carbon_grams * (1 + 1e-9))
+              and (model.energy_kwh is None or d.projected_kwh <= model.energy_kwh * (1 + 1e-9)))
+    exhausted = ((model.carbon_grams is not None and s.grams_spent >= model.carbon_grams)
+                 or (model.energy_kwh is not None and s.kwh_spent >= model.energy_kwh))
+    best = max((v for v in model.variants if v.quality >= model.quality_floor), key=lambda v: v.quality)
+    out = [
+        ("WithinBudget", within, "OnTrack" if within else "ProjectedOverBudget",
+         f"projected {d.projected_grams:.1f} g / {d.projected_kwh:.4f} kWh this period"),
+        ("Degraded", d.variant != best.name, "LowerQualityVariant" if d.variant != best.name else "BestVariant",
+         d.message),
+        ("Throttled", d.throttled, "ReplicasCapped" if d.throttled else "NotThrottled",
+         f"{d.replicas}/{d.needed_replicas} replicas"),
+        ("BudgetExhausted", exhausted, "Exhausted" if exhausted else "Remaining",
+         f"spent {s.grams_spent:.1f} g / {s.kwh_spent:.4f} kWh since {format_time(s.period_start)}"),
+        ("SignalsDegraded", signals.degraded_reason is not None, signals.degraded_reason or "SignalsOK",
+         f"intensity from {signals.intensity_source}; load {signals.load_source}"),
+        ("InvalidSpec", False, "Valid", "spec accepted"),
+    ]
+    return out
+
+
+# ---------------------------------------------------------------- what to apply to the target
+
+def deployment_apply_body(namespace: str, name: str, spec: InferenceBudgetSpec, variant: str,
+                          replicas: int | None) -> dict[str, Any]:
+    """Server-side-apply body: only the fields the variant patch names (+ replicas when
+    the operator owns them, i.e. no HPA targets the Deployment)."""
+    patch = next(v.patch for v in spec.variants if v.name == variant)
+    body: dict[str, Any] = {"apiVersion": "apps/v1", "kind": "Deployment",
+                            "metadata": {"name": name, "namespace": namespace,
+                                         "annotations": {"greenml.io/variant": variant}}}
+    for key, value in patch.items():
+        if key == "metadata":
+            meta = dict(value or {})
+            body["metadata"]["labels"] = meta.get("labels") or {}
+            body["metadata"]["annotations"].update(meta.get("annotations") or {})
+        else:
+            body[key] = value
+    if replicas is not None:
+        body.setdefault("spec", {})
+        body["spec"] = {**body["spec"], "replicas": int(replicas)}
+    return body
+
+
+def hpa_apply_body(namespace: str, name: str, max_replicas: int) -> dict[str, Any]:
+    return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": name, "namespace": namespace}, "spec": {"maxReplicas": int(max_replicas)}}

@@ -1,0 +1,127 @@
+"""The real operator against the kmock emulator: an InferenceBudget switches its Deployment's
+variant by server-side apply, throttles through an HPA, and reports a missing target.
+
+kmock merges patches as plain dicts (a real server merges containers by name under
+server-side apply), so these tests assert on the apply *requests* the operator sends:
+content type, field manager, force, and that only the variant's fields are in them.
+Field ownership itself is checked in e2e/ against a real API server.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from tests.integration.harness import operator_env, run_operator, wait_for, write_intensity
+
+pytestmark = [pytest.mark.timeout(120)]
+
+IB = "greenml.io/v1alpha1/inferencebudgets"
+DEPLOY = "apps/v1/deployments"
+HPA = "autoscaling/v2/horizontalpodautoscalers"
+NS = "serving"
+
+
+def deployment(name: str, replicas: int = 2) -> dict:
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": NS},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [
+                         {"name": "server", "image": "llm:13b", "args": ["--port", "8080"]}]}}}}
+
+
+def budget(name: str, target: str, grams: float = 30.0) -> dict:
+    def variant(vname, quality, watts, image):
+        return {"name": vname, "quality": quality, "capacityRps": 10, "power": {"wattsPerReplica": watts},
+                "patch": {"spec": {"template": {"spec": {"containers": [{"name": "server", "image": image}]}}}}}
+    return {"apiVersion": "greenml.io/v1alpha1", "kind": "InferenceBudget",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"targetRef": {"name": target}, "zone": "DE",
+                     "budget": {"carbonGrams": grams, "period": "day"},
+                     "policy": {"minReplicas": 1, "maxReplicas": 6, "minDwell": "1s"},
+                     "variants": [variant("full", 1.0, 400, "llm:13b"), variant("small", 0.8, 100, "llm:7b-int8")]}}
+
+
+def intensity_file(tmp_path):
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    return write_intensity(tmp_path / "ci.csv", now - timedelta(seconds=10), timedelta(seconds=2), [400.0] * 400)
+
+
+async def status_of(api, name):
+    return ((await api.get(IB, NS, name)) or {}).get("status") or {}
+
+
+def applies(api, path):
+    out = []
+    for r in api.requests_to("patch", path):
+        if "apply-patch" in r.headers.get("Content-Type", ""):
+            out.append((r, json.loads(r.text or r.body or "{}")))
+    return out
+
+
+async def test_over_budget_switches_to_the_cheaper_variant_by_server_side_apply(api, kubeconfig, tmp_path):
+    with run_operator(tmp_path, operator_env(tmp_path, kubeconfig, intensity_file(tmp_path))) as op:
+        await api.create(DEPLOY, deployment("chat"))
+        await api.create(IB, budget("chat-budget", "chat"))
+
+        async def active():
+            st = await status_of(api, "chat-budget")
+            return st if st.get("activeVariant") else None
+
+        st = await wait_for("a decision", active, op=op)
+        # 2 replicas of the full model: ~0.8 kWh/h at 400 g/kWh ≫ 30 g/day → the small variant
+        assert st["activeVariant"] == "small", st
+        assert st["spend"]["periodStart"] and st["spend"]["remainingGrams"] <= 30
+        conds = {c["type"]: c for c in st["conditions"]}
+        assert conds["Degraded"]["status"] == "True"
+        assert conds["InvalidSpec"]["status"] == "False"
+
+        sent = applies(api, "/deployments/chat")
+        assert sent, "no server-side apply to the Deployment"
+        req, body = sent[-1]
+        assert req.params.get("fieldManager") == "greenml-operator" and req.params.get("force") == "true"
+        containers = body["spec"]["template"]["spec"]["containers"]
+        assert containers == [{"name": "server", "image": "llm:7b-int8"}]   # only the variant's fields
+        assert "selector" not in body["spec"]
+        assert body["metadata"]["annotations"]["greenml.io/variant"] == "small"
+        assert body["spec"]["replicas"] == st["replicas"]                      # no HPA: the operator owns replicas
+        events = await wait_for("a Switch event", lambda: [e for e in api.posted_events("chat-budget")
+                                                            if e.get("reason") == "Switch"], op=op)
+        assert "small" in events[0]["message"]
+        assert op.alive()
+
+
+async def test_with_an_hpa_replicas_are_left_to_it(api, kubeconfig, tmp_path):
+    with run_operator(tmp_path, operator_env(tmp_path, kubeconfig, intensity_file(tmp_path))) as op:
+        await api.create(DEPLOY, deployment("vision"))
+        await api.create(HPA, {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+                               "metadata": {"name": "vision-hpa", "namespace": NS},
+                               "spec": {"minReplicas": 1, "maxReplicas": 10,
+                                        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "vision"}}})
+        await api.create(IB, budget("vision-budget", "vision"))
+        await wait_for("an apply to the HPA", lambda: applies(api, "/horizontalpodautoscalers/vision-hpa"), op=op)
+        _, dep_body = applies(api, "/deployments/vision")[-1]
+        assert "replicas" not in dep_body.get("spec", {}), "must not fight the HPA over replicas"
+        _, hpa_body = applies(api, "/horizontalpodautoscalers/vision-hpa")[-1]
+        assert set(hpa_body["spec"]) == {"maxReplicas"} and 1 <= hpa_body["spec"]["maxReplicas"] <= 6
+
+
+async def test_missing_target_is_reported_and_recovered(api, kubeconfig, tmp_path):
+    with run_operator(tmp_path, operator_env(tmp_path, kubeconfig, intensity_file(tmp_path))) as op:
+        await api.create(IB, budget("orphan", "nowhere"))
+
+        async def not_found():
+            st = await status_of(api, "orphan")
+            c = {x["type"]: x for x in st.get("conditions", [])}.get("TargetFound")
+            return st if c and c["status"] == "False" else None
+
+        st = await wait_for("TargetNotFound", not_found, op=op)
+        assert st["phase"] == "Pending" and "nowhere" in st["lastDecision"]["message"]
+        await api.create(DEPLOY, deployment("nowhere"))
+
+        async def found():
+            st = await status_of(api, "orphan")
+            return st if st.get("activeVariant") else None
+
+        await wait_for("recovery once the Deployment exists", found, op=op, timeout=40)
+        assert op.alive()
