@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from greenml.api import InferenceBudgetSpec
 from greenml.planning.inference import (BUDGET_EXHAUSTED, DEGRADED, DWELL, FLOOR_BREACH, SIGNALS_DEGRADED,
-                                        THROTTLED, WITHIN_BUDGET, BudgetState, InferenceSpecError,
+                                        THROTTLED, WITHIN_BUDGET, BudgetState, InferenceSpecError, PacingConfig,
                                         compile_spec, decide, new_state, offline_optimum, signal_loss_decision,
                                         step_costs)
 
@@ -57,13 +57,18 @@ def full_load_kwh(watts: float, hours: float = 1.0, replicas: int = 1) -> float:
     return watts * replicas * hours / 1000.0
 
 
+# The table-driven cases keep the 5 % linear margin and leave out the error reserve, so
+# their budgets are easy to compute by hand; the reserve has its own test.
+NO_RESERVE = PacingConfig(forecast_margin=0.05, forecast_error=0.0)
+
+
 def run(spec: InferenceBudgetSpec, intensity: list[float], load: list[float] | float = 10.0,
-        now: datetime = T0, **state_kw: Any):
+        now: datetime = T0, config: PacingConfig = NO_RESERVE, **state_kw: Any):
     """Decide at ``now`` (the start of a day period) with a perfect forecast."""
     ci = np.asarray(intensity, dtype=float)
     ld = np.full(ci.size, load) if np.isscalar(load) else np.asarray(load, dtype=float)
     st_ = state_at(spec, now, **state_kw)
-    return decide(spec, st_, ci, ld, HOUR, now, float(ci[0]), float(ld[0]))
+    return decide(spec, st_, ci, ld, HOUR, now, float(ci[0]), float(ld[0]), config=config)
 
 
 # --------------------------------------------------------------------------- selection and pacing
@@ -102,6 +107,20 @@ def test_price_is_zero_without_pressure_and_positive_with_it() -> None:
     tight = run(make_spec(grams=24 * 25.0), day(100, 100))
     assert 0.0 < tight.carbon_price < math.inf
     assert tight.projected_grams <= 24 * 25.0 + 1e-6
+
+
+def test_error_reserve_matters_most_with_few_steps_left() -> None:
+    """The z·σ·sqrt(Σc²) reserve: 2 h left, 85 g left; full + full = 80 g fits a perfect
+    forecast, but not with 3·10 % of the forecast hour held back (40 + 40·1.3 = 92 g)."""
+    spec = make_spec(grams=1000.0)
+    kw = dict(grams_spent=915.0, now=T0 + timedelta(hours=22))
+    none = PacingConfig(forecast_margin=0.0, forecast_error=0.0)
+    reserve = PacingConfig(forecast_margin=0.0, forecast_error=0.1, confidence=3.0)
+    assert run(spec, [100.0, 100.0], config=none, **kw).variant == "full"
+    assert run(spec, [100.0, 100.0], config=reserve, **kw).variant == "int8"
+    # a whole day ahead: the reserve is 3·10 %·40·sqrt(23) ≈ 58 g, 6 % of the 960 g plan
+    assert run(make_spec(grams=960 + 60.0), day(100, 100), config=reserve).variant == "full"
+    assert run(make_spec(grams=960 + 50.0), day(100, 100), config=reserve).variant == "int8"
 
 
 def test_spend_so_far_counts() -> None:
@@ -215,7 +234,7 @@ def test_bad_inputs_give_clear_errors() -> None:
 def test_short_or_gappy_forecasts_are_filled() -> None:
     spec = make_spec(grams=40 + 23 * 40 * M)
     fc = np.array([100.0, np.nan, 100.0])  # 3 of 24 steps, one missing
-    d = decide(spec, new_state(spec, T0), fc, np.full(3, 10.0), HOUR, T0, 100.0, 10.0)
+    d = decide(spec, new_state(spec, T0), fc, np.full(3, 10.0), HOUR, T0, 100.0, 10.0, config=NO_RESERVE)
     assert d.variant == "full" and d.projected_grams == pytest.approx(24 * 40.0)
 
 

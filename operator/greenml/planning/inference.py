@@ -62,15 +62,33 @@ class InferenceSpecError(ValueError):
 class PacingConfig:
     """Knobs of the pacer that are not part of the user's API.
 
-    ``forecast_margin``: future (forecast) spend is inflated by this fraction when
-    checking it against the remaining budget, so forecast error does not push the period
-    over budget; the current step is measured, so the margin fades out as the period
-    ends. 0.05 is about half the MAE/mean of a day-ahead grid forecast (NESO fw48h:
-    MAE 25–35 g on a ~200 g mean, see shared data README); re-planning every step
+    Planned future spend must fit the remaining budget with room for forecast error:
+    Σ_t (1 + forecast_margin)·c_t + confidence·forecast_error·sqrt(Σ_t c_t²) ≤ remaining,
+    over the forecast steps t ≥ 1 (the current step is measured). The linear margin
+    covers a bias; the square-root term is a chance constraint for independent
+    per-step errors of relative std ``forecast_error`` (z = ``confidence``), which is
+    what matters late in a period when only a few steps are left. Both fade out as the
+    period ends. Defaults: NESO's day-ahead forecast has MAE 25–35 g/kWh on a ~200 g
+    mean with a +2…+9 g bias (shared data README, fw48h snapshots), i.e. a few percent
+    of bias and roughly 10–15 % relative error per half-hour; re-planning every step
     absorbs the rest.
     """
 
     forecast_margin: float = 0.05
+    forecast_error: float = 0.1
+    confidence: float = 3.0
+
+    def weights(self, n: int) -> np.ndarray:
+        """Per-step multiplier of the planned cost: 1 for the measured step, 1 + margin after."""
+        w = np.full(n, 1.0 + self.forecast_margin)
+        w[0] = 1.0
+        return w
+
+    def spread(self, n: int) -> np.ndarray:
+        """Per-step z·σ of the planned cost (0 for the measured step)."""
+        sd = np.full(n, self.confidence * self.forecast_error)
+        sd[0] = 0.0
+        return sd
 
 
 @dataclass(frozen=True)
@@ -283,22 +301,22 @@ def _choose(utility: np.ndarray, cost: np.ndarray, lam: float) -> np.ndarray:
 Limits = Sequence[tuple[np.ndarray, float]]
 
 
-def pace(utility: np.ndarray, cost: np.ndarray, limits: Limits, weights: np.ndarray | None = None) -> PacedPlan:
+def pace(utility: np.ndarray, cost: np.ndarray, limits: Limits, weights: np.ndarray | None = None,
+         spread: np.ndarray | None = None) -> PacedPlan:
     """Smallest λ ≥ 0 whose per-step argmax of ``utility − λ·cost`` keeps every limit.
 
     ``utility``/``cost`` are steps × options (options already filtered to the eligible
-    ones). Each limit is ``(matrix, allowance)``: Σ_t weights_t·matrix[t, choice_t] must
-    not exceed allowance (one limit per budget: grams and/or kWh). ``weights`` carry the
-    forecast margin. The choice only changes at the breakpoints ΔU/ΔC between two
-    options of a step, so λ is found exactly by binary search over the sorted
+    ones). Each limit is ``(matrix, allowance)``: with x_t = matrix[t, choice_t],
+    Σ weights_t·x_t + sqrt(Σ (spread_t·x_t)²) must not exceed allowance (one limit per
+    budget: grams and/or kWh; see :class:`PacingConfig` for weights and spread). The
+    choice only changes at the breakpoints ΔU/ΔC between two options of a step, so λ is found exactly by binary search over the sorted
     breakpoints (O(T·V²) memory, ~log2(T·V²) evaluations). If even the cheapest option
     per step breaks a limit, returns the cheapest choice with ``price=inf``.
     """
-    w = np.ones(cost.shape[0]) if weights is None else weights
     rows = np.arange(cost.shape[0])
 
     def ok(ch: np.ndarray) -> bool:
-        return all(float(np.dot(w, m[rows, ch])) <= a for m, a in limits)
+        return all(_risk_spend(m[rows, ch], weights, spread) <= a for m, a in limits)
 
     def done(ch: np.ndarray, price: float) -> PacedPlan:
         return PacedPlan(ch, price, float(cost[rows, ch].sum()))
@@ -324,6 +342,14 @@ def pace(utility: np.ndarray, cost: np.ndarray, limits: Limits, weights: np.ndar
         else:
             lo = mid + 1
     return done(_choose(utility, cost, float(prices[lo])), float(prices[lo]))
+
+
+def _risk_spend(x: np.ndarray, weights: np.ndarray | None, spread: np.ndarray | None) -> float:
+    """Planned spend with the forecast margin and the error reserve (see PacingConfig)."""
+    total = float(np.dot(weights, x)) if weights is not None else float(x.sum())
+    if spread is not None:
+        total += float(np.sqrt(np.dot(spread * spread, x * x)))
+    return total
 
 
 def _cheapest(utility: np.ndarray, cost: np.ndarray) -> np.ndarray:
@@ -388,6 +414,7 @@ class _Situation:
     intensity: np.ndarray
     load: np.ndarray
     weights: np.ndarray  # 1 for the measured step, 1 + margin for forecast steps
+    spread: np.ndarray  # z·σ per step (0 for the measured step)
     limits: list[tuple[np.ndarray, float]]
     cheapest: np.ndarray  # per step, cheapest variant at/above the floor (full index)
 
@@ -397,9 +424,8 @@ class _Situation:
 
     def fits(self, choice: np.ndarray, costs: StepCosts | None = None, margin: bool = True) -> bool:
         c = costs or self.costs
-        w = self.weights if margin else np.ones_like(self.weights)
-        return all(float(np.dot(w, m[self.rows, choice])) <= a
-                   for m, a in _limits(self.model, self.state, c))
+        w, sd = (self.weights, self.spread) if margin else (None, None)
+        return all(_risk_spend(m[self.rows, choice], w, sd) <= a for m, a in _limits(self.model, self.state, c))
 
     def throttled(self, replicas: int) -> StepCosts:
         """The cost matrices with every step capped at ``replicas``."""
@@ -443,10 +469,9 @@ def decide(spec: InferenceBudgetSpec | BudgetModel, state: BudgetState, intensit
     cost = costs.cost(model)
     elig = model.eligible
     util_e, cost_e = costs.utility[:, elig], cost[:, elig]
-    weights = np.full(n, 1.0 + config.forecast_margin)
-    weights[0] = 1.0
+    weights, spread = config.weights(n), config.spread(n)
     limits = _limits(model, state, costs)
-    sit = _Situation(model, state, costs, ci, loads, weights, limits, elig[_cheapest(util_e, cost_e)])
+    sit = _Situation(model, state, costs, ci, loads, weights, spread, limits, elig[_cheapest(util_e, cost_e)])
     words = _budget_words(model, state)
     low = int(sit.cheapest[0])
 
@@ -457,7 +482,7 @@ def decide(spec: InferenceBudgetSpec | BudgetModel, state: BudgetState, intensit
                             f"at/above the quality floor, with {reps} replicas",
                             costs=sit.throttled(reps))
 
-    plan = pace(util_e, cost_e, [(m[:, elig], a) for m, a in limits], weights)
+    plan = pace(util_e, cost_e, [(m[:, elig], a) for m, a in limits], weights, spread)
     if not math.isfinite(plan.price):
         if not sit.fits(sit.cheapest, margin=False):
             return _floor_breach(sit, words)
@@ -615,10 +640,3 @@ def _greedy_fill(u: np.ndarray, c: np.ndarray, limits: Limits, choice: np.ndarra
         if not changed:
             break
     return ch
-
-
-def mean_quality(model: BudgetModel, choice: Sequence[int], load: np.ndarray, seconds: np.ndarray) -> float:
-    """Request-weighted mean quality of serving ``choice`` (unserved requests count as 0)."""
-    q = np.array([model.variants[i].quality for i in choice])
-    w = np.asarray(load, dtype=np.float64) * np.asarray(seconds, dtype=np.float64)
-    return float((q * w).sum() / w.sum()) if w.sum() > 0 else float(q.mean()) if q.size else 0.0

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from greenml.api import InferenceBudget, InferenceBudgetSpec
 from greenml.planning.inference import (BudgetModel, BudgetState, PacingConfig, VariantDecision,
-                                        compile_spec, decide, mean_quality, new_state, offline_optimum,
+                                        compile_spec, decide, new_state, offline_optimum,
                                         step_costs)
 from greenml.planning.periods import periods_between
 from greenml.signals.base import IntensitySeries
