@@ -278,6 +278,23 @@ def _object_label(obj: dict[str, Any]) -> str:
     return f"{obj.get('kind')} {ns + '/' if ns else ''}{name}"
 
 
+def documents(path: Path, display: str | None = None) -> tuple[list[_Doc], list[Finding]]:
+    """Public wrapper of the multi-document YAML reader (for ``greenml estimate``)."""
+    return _documents(path, display if display is not None else str(path))
+
+
+def finding(doc: _Doc, field: str, message: str) -> Finding:
+    """A Finding on ``field`` of a document's object, located the way lint locates its own."""
+    obj = doc.obj if isinstance(doc.obj, dict) else {}
+    return Finding(doc.file, _line_of(doc.node, field), _object_label(obj), field, message)
+
+
+def is_greenml(obj: Any) -> bool:
+    """A TrainingJob/InferenceBudget of the greenml.io group (other kinds/groups are ignored)."""
+    return (isinstance(obj, dict) and obj.get("kind") in KINDS
+            and str(obj.get("apiVersion", "")).split("/")[0] == GROUP)
+
+
 def lint_document(doc: _Doc, schemas: dict[str, dict[str, Any]], now: datetime) -> list[Finding]:
     obj = doc.obj
     if not isinstance(obj, dict) or obj.get("kind") not in KINDS:
