@@ -9,6 +9,8 @@ import kopf
 from greenml.controllers.context import Context
 from greenml.kube import Kube
 from greenml.kube.client import node_gpus
+from greenml.metrics import Metrics, start_metrics_server
+from greenml.planning.accounting import AccountingPolicy
 from greenml.services.board import PlanBoard
 from greenml.services.trainingjob import Defaults
 from greenml.settings import Settings, load_settings
@@ -31,6 +33,8 @@ def build_context(settings: Settings, kube: Kube | None = None) -> Context:
         capacity=lambda: ctx_ref["ctx"].capacity(),
     )
     ctx = Context(settings=settings, kube=kube, defaults=defaults, board=board)
+    ctx.extras["metrics"] = Metrics()
+    ctx.extras["accounting"] = AccountingPolicy()
     ctx_ref["ctx"] = ctx
     return ctx
 
@@ -72,7 +76,29 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure_kopf(settings, ours)
     if "ctx" not in memo:
         memo.ctx = build_context(ours)
+    serve_metrics(memo.ctx)
     log.info("greenml operator started", extra={"provider": ours.provider, "zone": ours.default_zone})
+
+
+def metrics_of(ctx: Context) -> Metrics:
+    """The operator's metrics (one registry per context)."""
+    return ctx.extras.setdefault("metrics", Metrics())
+
+
+def accounting_of(ctx: Context) -> AccountingPolicy:
+    """How usage is accounted (PUE, embodied hardware, WUE, intensity kind)."""
+    return ctx.extras.setdefault("accounting", AccountingPolicy())
+
+
+def serve_metrics(ctx: Context) -> None:
+    """Start /metrics on settings.metrics_port once per process (0: off). A busy port is logged, not fatal."""
+    if ctx.extras.get("metrics_server") is not None or ctx.settings.metrics_port == 0:
+        return
+    try:
+        ctx.extras["metrics_server"] = start_metrics_server(metrics_of(ctx), ctx.settings.metrics_port)
+        log.info("metrics on :%d/metrics", ctx.settings.metrics_port)
+    except OSError as exc:
+        log.error("cannot serve metrics on port %d: %s", ctx.settings.metrics_port, exc)
 
 
 @kopf.on.event("", "v1", "nodes")

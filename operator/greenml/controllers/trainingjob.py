@@ -15,6 +15,8 @@ from typing import Any, Mapping
 import kopf
 
 from greenml.controllers.context import Context
+from greenml.controllers.operator import accounting_of, metrics_of
+from greenml.metrics import record_board, record_decision, record_trainingjob
 from greenml.kube import ApiError, Conflict, Transient
 from greenml.services.trainingjob import (
     LABEL_MANAGED_BY, LABEL_OWNER, MANAGED_BY, InvalidSpec, JobObservation, Outcome, Progress,
@@ -137,7 +139,11 @@ async def reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patc
     except ApiError as exc:
         raise kopf.TemporaryError(f"{exc} (will retry)", delay=60) from None
 
-    write_status(body, status, patch, req, outcome, plan, failure, now, generation)
+    signal = ctx.board.signals.get(req.zone)
+    write_status(body, status, patch, req, outcome, plan, failure, now, generation,
+                 intensity=signal.now if signal else None)
+    record_board(metrics_of(ctx), ctx.board)
+    record_trainingjob(metrics_of(ctx), req, patch.status, plan, accounting_of(ctx))
     if outcome.phase in FINAL:
         ctx.board.forget(req.key)
 
@@ -164,7 +170,9 @@ def apply(ctx: Context, req, body: Mapping[str, Any], outcome: Outcome, observed
 
 
 def write_status(body, status, patch: kopf.Patch, req, outcome: Outcome, plan, failure, now: datetime,
-                 generation: int | None) -> None:
+                 generation: int | None, intensity: float | None = None) -> None:
+    """``intensity`` (g/kWh, the planner's current slot): usage.grams accrues the energy used since
+    the last status at it (IT energy; PUE and embodied are added by accounting/metrics/report)."""
     prev = status.get("conditions")
     conds = [condition("InvalidSpec", False, "Valid", "spec accepted", now, generation, prev)]
     if plan is not None:
@@ -180,6 +188,14 @@ def write_status(body, status, patch: kopf.Patch, req, outcome: Outcome, plan, f
             "forecastSource": src,
             "computedAt": format_time(plan.computed_at),
         }
+        if plan.fallback:
+            tried = "; ".join(f"{link}: {reason}" for link, reason in plan.fallback)
+            conds.append(condition("SignalsDegraded", True, plan.fallback[0][1],
+                                   f"forecast served by the {plan.link} link ({src}) after: {tried}",
+                                   now, generation, prev))
+        elif any(c.get("type") == "SignalsDegraded" for c in prev or []):
+            conds.append(condition("SignalsDegraded", False, "ProviderServing",
+                                   f"forecast served by the {plan.link} link ({src})", now, generation, prev))
         if req.budget_grams is not None and plan.expected_grams > req.budget_grams:
             conds.append(condition("OverBudget", True, "OverBudget",
                                    f"expected {plan.expected_grams:.0f} g exceeds budgetGrams {req.budget_grams:.0f} g",
@@ -196,12 +212,16 @@ def write_status(body, status, patch: kopf.Patch, req, outcome: Outcome, plan, f
         conds.append(condition("DeadlineForced", True, "DeadlineForced", outcome.message, now, generation, prev))
 
     run_s = outcome.progress.total(now)
+    used = status.get("usage") or {}
+    kwh = round(run_s * req.watts / 3.6e6, 6)
+    grams = float(used.get("grams") or 0.0)
+    if intensity is not None:
+        grams += max(0.0, kwh - float(used.get("energyKwh") or 0.0)) * intensity
     patch.status["phase"] = outcome.phase
     patch.status["jobName"] = job_name(req.name)
     patch.status["deadline"] = format_time(req.deadline)
     patch.status["progress"] = outcome.progress.to_status()
-    patch.status["usage"] = {"energyKwh": round(run_s * req.watts / 3.6e6, 6),
-                             "grams": (status.get("usage") or {}).get("grams", 0.0),
+    patch.status["usage"] = {"energyKwh": kwh, "grams": round(grams, 3),
                              "source": f"power-model ({req.power_source})"}
     patch.status["conditions"] = merge_conditions(prev, conds)
     patch.status["observedGeneration"] = generation
@@ -230,12 +250,21 @@ TICK = _tick()
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE, field="spec")
 async def on_change(**kwargs: Any) -> None:
-    await reconcile(**kwargs)
+    await observed_reconcile(kwargs)
 
 
 @kopf.timer(*RESOURCE, interval=TICK, initial_delay=TICK)
 async def on_tick(**kwargs: Any) -> None:
-    await reconcile(**kwargs)
+    await observed_reconcile(kwargs)
+
+
+async def observed_reconcile(kwargs: dict[str, Any]) -> None:
+    """reconcile, timed, then its decision and phase recorded in the metrics."""
+    metrics = metrics_of(kwargs["memo"].ctx)
+    with metrics.reconcile_timer("TrainingJob"):
+        await reconcile(**kwargs)
+    meta = kwargs["body"].get("metadata", {})
+    record_decision(metrics, "TrainingJob", meta.get("namespace", ""), meta.get("name", ""), kwargs["patch"].status)
 
 
 @kopf.on.delete(*RESOURCE, optional=True)
@@ -244,6 +273,7 @@ async def on_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     ctx: Context = memo.ctx
     meta = body.get("metadata", {})
     ctx.board.forget((meta.get("namespace"), meta.get("name")))
+    metrics_of(ctx).forget(meta.get("namespace", ""), meta.get("name", ""), "TrainingJob")
     try:
         await asyncio.to_thread(ctx.kube.delete_job, meta.get("namespace"), job_name(meta.get("name")))
     except ApiError as exc:

@@ -39,6 +39,8 @@ class PlannedJob:
     source: str
     estimate: bool
     computed_at: datetime
+    link: str = "provider"                              # which fallback-chain link served the forecast
+    fallback: tuple[tuple[str, str], ...] = ()          # (link, reason) of each link that failed before it
 
     @property
     def planned_start(self) -> datetime | None:
@@ -49,6 +51,26 @@ class PlannedJob:
         if self.run_now_grams <= 0:
             return 0.0
         return round(100.0 * (self.run_now_grams - self.expected_grams) / self.run_now_grams, 2)
+
+
+@dataclass(frozen=True)
+class ZoneSignal:
+    """What the last replan saw of a zone's forecast (for metrics and status)."""
+
+    source: str
+    kind: str
+    link: str
+    fallback: tuple[tuple[str, str], ...]
+    now: float                # the value of the slot starting now
+    min: float
+    max: float
+    at: datetime
+
+
+def zone_signal(series: IntensitySeries, values: np.ndarray, now: datetime) -> ZoneSignal:
+    fallback = tuple((str(f.get("link", "?")), str(f.get("reason", "Unknown"))) for f in series.meta.get("fallback") or ())
+    return ZoneSignal(series.source, series.kind, str(series.meta.get("link", "provider")), fallback,
+                      float(values[0]), float(values.min()), float(values.max()), now)
 
 
 @dataclass(frozen=True)
@@ -95,6 +117,7 @@ class PlanBoard:
         self._lock = threading.RLock()
         self._perf = clock_cost
         self.stats = BoardStats()
+        self.signals: dict[str, ZoneSignal] = {}   # by zone, from the last replan
 
     # ------------------------------------------------------------ membership
     def observe(self, req: JobRequirements, progress: Progress, running: bool) -> None:
@@ -178,6 +201,7 @@ class PlanBoard:
                     forecasts[z], series_by_zone[z] = self.forecast_for(z, now, n)
                 except SignalError as exc:
                     failures[z] = ForecastFailure(z, exc.reason, str(exc))
+            self.signals = {z: zone_signal(series_by_zone[z], f, now) for z, f in forecasts.items()}
             capacity = self.capacity()
             same = {z: self._unchanged_slots(z, now, f) for z, f in forecasts.items()} if capacity is None else {}
             plans: dict[Key, PlannedJob] = {}
@@ -195,7 +219,9 @@ class PlanBoard:
                 entry = self._entries[key]
                 s = series_by_zone[entry.req.zone]
                 windows = tuple((now + step * a, now + step * b) for a, b in p.runs)
-                plans[key] = PlannedJob(windows, p.grams, p.run_now_grams, p.reason, s.source, s.estimate, now)
+                sig = self.signals[entry.req.zone]
+                plans[key] = PlannedJob(windows, p.grams, p.run_now_grams, p.reason, s.source, s.estimate, now,
+                                        sig.link, sig.fallback)
                 self._basis[key] = _Basis(entry, _deadline_slots(entry.req, now, self.defaults) > max_slots)
             self._plans = plans
             self._last_forecast = {z: (now, f) for z, f in forecasts.items()}
