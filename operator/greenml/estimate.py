@@ -388,15 +388,21 @@ def render_table(report: Report) -> str:
         lines += [*_training_rows(jobs), ""]
     if budgets:
         lines += [*_inference_rows(budgets), ""]
-        lines += [f"{e.obj}: load {e.load_assumption}" for e in budgets] + [""]
-    notes = sorted({n for e in report.estimates for n in e.intensity.notes()})
+        lines += [f"{e.obj}: {format_time(e.start)} → {format_time(e.end)}, load {e.load_assumption}"
+                  for e in budgets] + [""]
+    notes = list(dict.fromkeys(n for e in report.estimates for n in e.intensity.notes()))
     a = report.policy.accounting
     lines += [f"note: {n}" for n in notes]
-    lines.append(f"note: as if applied at {format_time(report.policy.now)}; grams are operational IT energy "
-                 f"× intensity × PUE {a.pue:g} (TrainingJob) — budgets use IT energy like the operator; embodied: "
-                 f"{a.hardware.gpu_embodied_kg:g} kg/GPU + {a.hardware.server_embodied_kg:g} kg/"
-                 f"{a.hardware.gpus_per_server}-GPU server over {a.hardware.gpu_lifetime_years:g} y "
-                 "(Luccioni et al. 2023)")
+    lines.append(f"note: as if applied at {format_time(report.policy.now)}")
+    if jobs:
+        h = a.hardware
+        lines.append(f"note: TrainingJob grams = IT energy × intensity × PUE {a.pue:g}; embodied = "
+                     f"{h.gpu_embodied_kg:g} kg/GPU ({h.gpu_lifetime_years:g} y) + {h.server_embodied_kg:g} kg per "
+                     f"{h.gpus_per_server}-GPU server ({h.server_lifetime_years:g} y), for the time reserved "
+                     "(Luccioni et al. 2023; greenml.planning.accounting)")
+    if budgets:
+        lines.append("note: InferenceBudget figures are IT energy × intensity, as the operator accounts budgets "
+                     "(no PUE, no embodied)")
     lines += [f.text() for f in report.errors]
     lines.append(f"{report.files} file(s), {len(report.estimates)} estimate(s), {len(report.errors)} error(s)")
     return "\n".join(lines)
