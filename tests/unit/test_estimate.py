@@ -235,3 +235,10 @@ def test_bad_arguments_exit_2(tmp_path, capsys, monkeypatch, args, text):
 def test_missing_path_exits_1(tmp_path, capsys):
     assert main(["estimate", str(tmp_path / "nope.yaml"), "--now", NOW_ARG]) == 1
     assert "no such file or directory" in capsys.readouterr().out
+
+
+def test_a_series_shorter_than_the_horizon_is_said(tmp_path):
+    (e,) = _estimate(tmp_path, [_job()], [200.0] * 4).estimates
+    assert e.intensity.covered_until == NOW + timedelta(hours=4)
+    assert any("last value is held" in n for n in e.intensity.notes())
+    assert e.savings.actual.operational_g == pytest.approx(400.0)
