@@ -24,9 +24,6 @@ from greenml.timeutil import format_time
 
 REPO_EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 START = datetime(2024, 3, 4, tzinfo=timezone.utc)    # a Monday; fixed so the run is reproducible
-# Board-level watts per GPU for spec.power.gpuModel: NVIDIA datasheet TDPs (A100 SXM4 400 W,
-# H100 SXM5 700 W, L4 72 W, T4 70 W, V100 SXM2 300 W). Used only when the operator's own table is absent.
-SIM_GPU_WATTS = {"A100": 400.0, "H100": 700.0, "L4": 72.0, "T4": 70.0, "V100": 300.0}
 COPY_OFFSETS = (timedelta(hours=6), timedelta(hours=40), timedelta(hours=78), timedelta(hours=110))
 
 
@@ -67,7 +64,7 @@ def load_examples(directory: Path, kind: str) -> list[tuple[Path, dict]]:
 def example_jobs(cfg: ScenarioConfig) -> list[SimJob]:
     """Resolve every example TrainingJob the operator's way, once per copy."""
     defaults = Defaults(zone=cfg.zone, safety_margin=cfg.policy.safety_margin, min_run=cfg.policy.min_run,
-                        gpu_watts=SIM_GPU_WATTS, step=cfg.policy.step)
+                        step=cfg.policy.step)  # GPU watts: the operator's cited table
     jobs = []
     examples = load_examples(cfg.examples, "TrainingJob")
     if not examples:
