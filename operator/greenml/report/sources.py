@@ -1,0 +1,183 @@
+"""Report rows from the two inputs: CR statuses (cluster) and simulator RESULT.json files.
+
+Every figure says what it is (``Row.basis``): a cluster's usage is *measured* (power
+model or Prometheus, per the status's ``usage.source``) and its savings are *planned*
+(expected vs run-now grams on the same forecast); a simulation's are *simulated* on the
+actual intensity series. Savings are only claimed where a counterfactual was recorded.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from greenml.planning.accounting import (
+    AccountingError, AccountingPolicy, Footprint, Savings, footprint_from_grams,
+)
+from greenml.report.model import ReportError, Row
+from greenml.timeutil import parse_time
+
+RUN_NOW = "run-now"
+
+
+def _num(value: Any, where: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ReportError(f"{where}: expected a number, got {value!r}") from None
+    if v != v or v < 0:
+        raise ReportError(f"{where}: expected a number >= 0, got {value!r}")
+    return v
+
+
+def _fp(where: str, kwh: float, grams: float, gpus: float, seconds: float, policy: AccountingPolicy,
+        unit: str = "run") -> Footprint:
+    try:
+        return footprint_from_grams(kwh, grams, gpus=gpus, reserved_seconds=seconds, policy=policy, unit=unit)
+    except AccountingError as exc:
+        raise ReportError(f"{where}: {exc}") from None
+
+
+# ------------------------------------------------------------------ simulator
+def rows_from_sim(result: Mapping[str, Any], policy: AccountingPolicy, *, path: str = "RESULT.json",
+                  power: Mapping[str, tuple[int, float]] | None = None, namespace: str = "simulation") -> list[Row]:
+    """Rows of a ``greenml simulate shifting`` RESULT.json (jobs) or ``simulate inference`` result (periods).
+
+    Shifting results carry grams and runs but not the jobs' power: ``power`` maps a job
+    name to (gpus, total watts) — from the JOBS.csv the simulator read — unless the result's
+    jobs carry ``gpus``/``watts`` themselves. A name "ns/name" puts the job in namespace ns.
+    """
+    if not isinstance(result, Mapping):
+        raise ReportError(f"{path}: expected a JSON object")
+    if "jobs" in result:
+        return [_sim_job(j, i, policy, path, power or {}, namespace) for i, j in enumerate(result["jobs"])]
+    if "periods" in result:
+        return _sim_inference(result, policy, path, namespace)
+    raise ReportError(f"{path}: not a simulator result (no 'jobs' or 'periods')")
+
+
+def _sim_job(j: Mapping[str, Any], i: int, policy: AccountingPolicy, path: str,
+             power: Mapping[str, tuple[int, float]], namespace: str) -> Row:
+    where = f"{path}: jobs[{i}]"
+    name = j.get("name")
+    if not name:
+        raise ReportError(f"{where}.name: missing")
+    if "gpus" in j and "watts" in j:
+        gpus, watts = _num(j["gpus"], f"{where}.gpus"), _num(j["watts"], f"{where}.watts")
+    elif name in power:
+        gpus, watts = power[name]
+    else:
+        raise ReportError(f"{where}: job {name!r} has no power in the result; pass the simulator's "
+                          f"JOBS.csv (--jobs) so energy and embodied carbon can be computed")
+    seconds = 0.0
+    for k, run in enumerate(j.get("runs") or []):
+        try:
+            s, e = parse_time(run[0]), parse_time(run[1])
+        except (ValueError, TypeError, IndexError):
+            raise ReportError(f"{where}.runs[{k}]: expected [start, end] ISO times, got {run!r}") from None
+        seconds += max(0.0, (e - s).total_seconds())
+    kwh = watts * seconds / 3.6e6
+    grams = _num(j.get("grams"), f"{where}.grams")
+    run_now = _num(j.get("run_now_grams"), f"{where}.run_now_grams")
+    ns, _, short = name.rpartition("/")
+    actual = _fp(where, kwh, grams, gpus, seconds, policy)
+    # run-now uses the same energy and hardware time (the same work), on the same actual series
+    cf = _fp(where, kwh, run_now, gpus, seconds, policy)
+    note = "" if j.get("deadline_met", True) else "deadline missed"
+    return Row(ns or namespace, short, "TrainingJob", actual, Savings(actual, cf, RUN_NOW), "simulated", note)
+
+
+def _sim_inference(result: Mapping[str, Any], policy: AccountingPolicy, path: str, namespace: str) -> list[Row]:
+    rows = []
+    name = str(result.get("name") or Path(path).stem)
+    for i, p in enumerate(result["periods"]):
+        where = f"{path}: periods[{i}]"
+        kwh, grams = _num(p.get("kwh"), f"{where}.kwh"), _num(p.get("grams"), f"{where}.grams")
+        actual = _fp(where, kwh, grams, 0, 0, policy, unit="period")
+        within = p.get("within_budget")
+        note = f"period {p.get('start', '?')} – {p.get('end', '?')}" + ("" if within in (None, True) else ", OVER BUDGET")
+        rows.append(Row(namespace, f"{name}[{i}]", "InferenceBudget", actual, None, "simulated", note))
+    return rows
+
+
+def read_jobs_power(path: Path) -> dict[str, tuple[int, float]]:
+    """name → (gpus, total watts) from the simulator's JOBS.csv."""
+    from greenml.sim.jobs import SimInputError, read_jobs_csv
+
+    try:
+        return {j.name: (j.gpus, j.watts) for j in read_jobs_csv(path)}
+    except SimInputError as exc:
+        raise ReportError(str(exc)) from None
+
+
+# ------------------------------------------------------------------ cluster
+def rows_from_cluster(trainingjobs: Iterable[Mapping[str, Any]], budgets: Iterable[Mapping[str, Any]],
+                      policy: AccountingPolicy, *, start: datetime | None = None,
+                      end: datetime | None = None) -> list[Row]:
+    """Rows from CR bodies as the API returns them; objects created in [start, end)."""
+    rows = []
+    for obj in trainingjobs:
+        if _in_period(obj, start, end):
+            rows.append(_tj_row(obj, policy))
+    for obj in budgets:
+        if _in_period(obj, start, end):
+            rows.append(_ib_row(obj, policy))
+    return rows
+
+
+def _in_period(obj: Mapping[str, Any], start: datetime | None, end: datetime | None) -> bool:
+    created = (obj.get("metadata") or {}).get("creationTimestamp")
+    if not created:
+        return True
+    t = parse_time(created)
+    return (start is None or t >= start) and (end is None or t < end)
+
+
+def _ident(obj: Mapping[str, Any]) -> tuple[str, str, str]:
+    meta = obj.get("metadata") or {}
+    return meta.get("namespace", ""), meta.get("name", "?"), f"{obj.get('kind', '?')} {meta.get('namespace')}/{meta.get('name')}"
+
+
+def _tj_row(obj: Mapping[str, Any], policy: AccountingPolicy) -> Row:
+    from greenml.services.trainingjob import template_gpus
+
+    ns, name, where = _ident(obj)
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    usage, progress, plan = status.get("usage") or {}, status.get("progress") or {}, status.get("plan") or {}
+    power = spec.get("power") or {}
+    gpus = power.get("gpus")
+    if gpus is None:
+        gpus = template_gpus(spec.get("template") or {})
+    kwh = _num(usage.get("energyKwh", 0.0), f"{where}: status.usage.energyKwh")
+    grams = _num(usage.get("grams", 0.0), f"{where}: status.usage.grams")
+    seconds = _num(progress.get("runSeconds", 0.0), f"{where}: status.progress.runSeconds")
+    actual = _fp(where, kwh, grams, float(gpus), seconds, policy)
+    savings = None
+    if plan.get("expectedGrams") is not None and plan.get("runNowGrams") is not None:
+        planned_kwh = kwh if kwh > 0 else 1.0     # the plan's grams are for the whole run; energy cancels
+        exp = _fp(where, planned_kwh, _num(plan["expectedGrams"], f"{where}: status.plan.expectedGrams"), 0, 0, policy)
+        cf = _fp(where, planned_kwh, _num(plan["runNowGrams"], f"{where}: status.plan.runNowGrams"), 0, 0, policy)
+        savings = Savings(exp, cf, RUN_NOW)
+    note = f"phase {status.get('phase', '?')}; energy: {usage.get('source', 'unknown')}"
+    if savings is not None:
+        note += f"; savings planned on the {plan.get('forecastSource', '?')} forecast"
+    return Row(ns, name, "TrainingJob", actual, savings, "measured", note)
+
+
+def _ib_row(obj: Mapping[str, Any], policy: AccountingPolicy) -> Row:
+    ns, name, where = _ident(obj)
+    status = obj.get("status") or {}
+    spend = status.get("spend") or {}
+    kwh = _num(spend.get("energyKwh", 0.0), f"{where}: status.spend.energyKwh")
+    grams = _num(spend.get("grams", 0.0), f"{where}: status.spend.grams")
+    actual = _fp(where, kwh, grams, 0, 0, policy, unit="period")
+    note = (f"current period from {spend.get('periodStart', '?')}; variant {status.get('activeVariant', '?')}; "
+            "embodied not attributed (GPUs per replica not in status)")
+    return Row(ns, name, "InferenceBudget", actual, None, "measured", note)
+
+
+def list_items(payload: Mapping[str, Any], what: str) -> Sequence[Mapping[str, Any]]:
+    items = payload.get("items")
+    if not isinstance(items, list):
+        raise ReportError(f"{what}: the API returned no item list")
+    return items
