@@ -176,3 +176,18 @@ def test_metrics_server_serves_the_registry():
     finally:
         server.shutdown()
     assert start_metrics_server(m, 0) is None
+
+
+def test_dashboard_queries_only_declared_metrics():
+    import json
+
+    dash = json.loads((REPO / "charts" / "greenml-operator" / "files" / "dashboards" / "greenml.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    used = {n for e in exprs for n in re.findall(r"\bgreenml_[a-z0-9_]+", e)}
+    known = {s.full_name for s in SPECS} | {s.full_name + "_bucket" for s in SPECS if s.type == "histogram"}
+    assert used and used <= known, used - known
+    titles = " ".join(p["title"].lower() for p in dash["panels"])
+    for topic in ("intensity", "job windows", "burn-down", "savings", "variant mix", "signal health"):
+        assert topic in titles, topic
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
