@@ -368,9 +368,12 @@ def decide(req: JobRequirements, progress: Progress, job: JobObservation,
             return out("none", "Succeeded", "JobSucceeded", f"Job {job_name(req.name)} completed", stopped)
         return out("none", "Failed", "JobFailed", f"Job {job_name(req.name)} failed: {job.failure_message}".rstrip(": "), stopped)
     if not job.exists:
-        # Pending until a plan exists; a recreated Job keeps the progress made so far
-        phase = "Pending" if windows is None else ("Paused" if progress.run_seconds > 0 else "Waiting")
-        return out("create", phase, "Created", f"creating Job {job_name(req.name)} suspended")
+        # Pending until a plan exists; a recreated Job keeps the progress made so far, and
+        # a run whose Job vanished (deleted by someone else) stops counting now: the new
+        # Job is created suspended, so time without a Job is never counted as run time
+        stopped = replace(progress, run_seconds=progress.total(now), running_since=None)
+        phase = "Pending" if windows is None else ("Paused" if stopped.run_seconds > 0 else "Waiting")
+        return out("create", phase, "Created", f"creating Job {job_name(req.name)} suspended", stopped)
 
     # Should the job be running now?
     current_run = (now - progress.running_since).total_seconds() if running and progress.running_since else 0.0
