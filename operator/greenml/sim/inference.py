@@ -328,6 +328,8 @@ def run_cli(args: argparse.Namespace) -> int:
         model = compile_spec(spec)
         series = read_intensity_csv(args.intensity)
         l_start, l_step, l_values = read_load_csv(args.load)
+        _align_load(series, l_start, l_step, l_values, args.load)  # fails clearly when they don't overlap
+        series = _overlap(series, l_start, l_step, len(l_values))
         load = _align_load(series, l_start, l_step, l_values, args.load)
         result = simulate_inference(model, series, load, args.forecast_error, args.seed)
     except ValueError as exc:
@@ -350,3 +352,8 @@ def _align_load(series: IntensitySeries, start: datetime, step: timedelta, value
                          f"intensity trace [{series.start}, {series.end})")
     lseries = IntensitySeries(start, step, values, source="load")
     return lseries.resample(series.start, series.step, len(series))
+
+
+def _overlap(series: IntensitySeries, start: datetime, step: timedelta, n: int) -> IntensitySeries:
+    """The intensity slots covered by the load trace (the replay runs where both exist)."""
+    return series.window(max(series.start, start), min(series.end, start + step * n))
