@@ -125,3 +125,54 @@ async def test_missing_target_is_reported_and_recovered(api, kubeconfig, tmp_pat
 
         await wait_for("recovery once the Deployment exists", found, op=op, timeout=40)
         assert op.alive()
+
+
+def _seeded(name: str, target: str, *, grams: float, status: dict) -> dict:
+    obj = budget(name, target, grams=grams)
+    obj["status"] = status   # as an earlier operator run left it (kmock stores what it is given)
+    return obj
+
+
+async def test_dwell_time_holds_a_recent_switch(api, kubeconfig, tmp_path):
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    iso = lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
+    day0 = now.replace(hour=0, minute=0, second=0)
+    with run_operator(tmp_path, operator_env(tmp_path, kubeconfig, intensity_file(tmp_path))) as op:
+        await api.create(DEPLOY, deployment("dwell"))
+        # a huge budget prefers the full model, but the switch to "small" was 1 minute ago and minDwell is 1h
+        obj = _seeded("dwell-budget", "dwell", grams=1e9, status={
+            "activeVariant": "small", "replicas": 2, "switchedAt": iso(now - timedelta(minutes=1)),
+            "spend": {"periodStart": iso(day0), "periodEnd": iso(day0 + timedelta(days=1)),
+                      "accountedUntil": iso(now), "grams": 1.0, "energyKwh": 0.001}})
+        obj["spec"]["policy"]["minDwell"] = "1h"
+        await api.create(IB, obj)
+
+        async def decided():
+            st = await status_of(api, "dwell-budget")
+            return st if st.get("lastDecision") else None
+
+        st = await wait_for("a decision", decided, op=op)
+        assert st["activeVariant"] == "small" and st["lastDecision"]["reason"] == "Dwell", st["lastDecision"]
+        assert not applies(api, "/deployments/dwell") or all(
+            b["spec"]["template"]["spec"]["containers"][0]["image"] == "llm:7b-int8" for _, b in applies(api, "/deployments/dwell"))
+
+
+async def test_a_new_period_resets_the_spend(api, kubeconfig, tmp_path):
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    iso = lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
+    yesterday = now.replace(hour=0, minute=0, second=0) - timedelta(days=1)
+    with run_operator(tmp_path, operator_env(tmp_path, kubeconfig, intensity_file(tmp_path))) as op:
+        await api.create(DEPLOY, deployment("reset"))
+        await api.create(IB, _seeded("reset-budget", "reset", grams=30.0, status={
+            "activeVariant": "small", "replicas": 2, "switchedAt": iso(yesterday),
+            "spend": {"periodStart": iso(yesterday), "periodEnd": iso(yesterday + timedelta(days=1)),
+                      "accountedUntil": iso(yesterday + timedelta(hours=23, minutes=59)),
+                      "grams": 29.5, "energyKwh": 0.07}}))
+
+        async def rolled():
+            st = await status_of(api, "reset-budget")
+            return st if (st.get("spend") or {}).get("periodStart", "").startswith(iso(yesterday + timedelta(days=1))[:10]) else None
+
+        st = await wait_for("the period to roll over", rolled, op=op)
+        assert st["spend"]["grams"] < 1.0, st["spend"]            # yesterday's 29.5 g do not carry over
+        assert st["spend"]["periodEnd"] == iso(yesterday + timedelta(days=2))
