@@ -178,7 +178,34 @@ def template_gpus(template: Mapping[str, Any]) -> int:
             raise InvalidSpec(f"spec.template.spec.template.spec.containers[{c.get('name')}].resources.limits",
                               f"{GPU_RESOURCE} must be an integer, got {raw!r}") from None
     parallelism = (template.get("spec") or {}).get("parallelism")
-    return per_pod * max(1, int(parallelism or 1))
+    try:
+        total = per_pod * max(1, int(parallelism or 1))
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidSpec("spec.template.spec.parallelism", f"must be an integer, got {parallelism!r}") from None
+    if total > 2**31 - 1:   # Kubernetes counts are int32
+        raise InvalidSpec("spec.template.spec", f"{total} GPUs (limits × parallelism) is out of range")
+    return total
+
+
+def _overflowing(spec: Any) -> str:
+    """The schedule duration too large for a timedelta (else just "spec")."""
+    schedule = spec.get("schedule") if isinstance(spec, Mapping) else None
+    for key in ("estimatedDuration", "maxDelay", "minRunDuration"):
+        try:
+            parse_duration((schedule or {}).get(key))
+        except OverflowError:
+            return f"spec.schedule.{key}"
+        except Exception:  # noqa: BLE001 - any other problem is not an overflow
+            continue
+    return "spec"
+
+
+def _duration(value: str, field: str) -> timedelta:
+    """parse_duration, with values beyond timedelta's range reported as InvalidSpec."""
+    try:
+        return parse_duration(value)
+    except OverflowError:
+        raise InvalidSpec(field, f"{value!r} is too large") from None
 
 
 def _check_template(template: Mapping[str, Any]) -> None:
@@ -206,10 +233,15 @@ def resolve(body: Mapping[str, Any], defaults: Defaults, *, known_zones: Sequenc
         spec = TrainingJobSpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
         raise _spec_errors(exc) from None
+    except OverflowError:   # a validator's parse beyond timedelta's range
+        raise InvalidSpec(_overflowing(body.get("spec")), "value out of range") from None
     _check_template(spec.template)
     created_raw = meta.get("creationTimestamp")
-    created = parse_time(created_raw) if created_raw else None
-    duration = parse_duration(spec.schedule.estimated_duration)
+    try:
+        created = parse_time(created_raw) if created_raw else None
+    except (TypeError, ValueError, AttributeError):
+        raise InvalidSpec("metadata.creationTimestamp", f"not an RFC 3339 time: {created_raw!r}") from None
+    duration = _duration(spec.schedule.estimated_duration, "spec.schedule.estimatedDuration")
     if duration.total_seconds() <= 0:
         raise InvalidSpec("spec.schedule.estimatedDuration", "must be longer than zero")
     if spec.schedule.deadline is not None:
@@ -217,8 +249,12 @@ def resolve(body: Mapping[str, Any], defaults: Defaults, *, known_zones: Sequenc
     else:
         if created is None:
             raise InvalidSpec("metadata.creationTimestamp", "needed to resolve schedule.maxDelay")
-        deadline = created + parse_duration(spec.schedule.max_delay) + duration
-    min_run = parse_duration(spec.schedule.min_run_duration) if spec.schedule.min_run_duration else defaults.min_run
+        try:
+            deadline = created + _duration(spec.schedule.max_delay, "spec.schedule.maxDelay") + duration
+        except OverflowError:
+            raise InvalidSpec("spec.schedule.maxDelay", "maxDelay + estimatedDuration lies beyond the year 9999") from None
+    min_run = (_duration(spec.schedule.min_run_duration, "spec.schedule.minRunDuration")
+               if spec.schedule.min_run_duration else defaults.min_run)
     if spec.schedule.min_run_duration and min_run > duration:
         raise InvalidSpec("spec.schedule.minRunDuration",
                           f"minRunDuration {spec.schedule.min_run_duration} exceeds estimatedDuration "
