@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     provider_password: str | None = Field(default=None, repr=False)
     prometheus_url: str | None = None
     zone_label: str = "topology.kubernetes.io/region"
+    zone_map: dict[str, str] = Field(default_factory=dict, description="node region label → grid zone, e.g. "
+                                     '{"europe-west3": "DE"}; the zone of most GPUs becomes the default zone')
 
     # planning
     step: str = Field(default="5m", pattern=DURATION_PATTERN, description="planning slot length")

@@ -20,7 +20,7 @@ from greenml.api.trainingjob import TrainingJobSpec, TrainingJobStatus
 _KEEP = {
     "type", "format", "description", "enum", "default", "minimum", "maximum",
     "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "pattern",
-    "minItems", "maxItems", "items", "properties", "required",
+    "minItems", "maxItems", "minProperties", "maxProperties", "items", "properties", "required",
     "x-kubernetes-validations", "x-kubernetes-preserve-unknown-fields",
     "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
 }

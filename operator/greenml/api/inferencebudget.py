@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from greenml.api.common import ApiModel, Condition, Decision, Duration, StatusModel
 
@@ -20,6 +20,17 @@ class Budget(ApiModel):
     energy_kwh: float | None = Field(default=None, gt=0, alias="energyKWh", description="kWh allowed per period.")
     period: Literal["hour", "day", "week", "month"] = "day"
     time_zone: str = Field(default="UTC", max_length=64, description="IANA zone the periods are aligned to.")
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone {v!r}") from None
+        return v
 
     @model_validator(mode="after")
     def _some_budget(self) -> "Budget":
@@ -45,6 +56,9 @@ class PowerModel(ApiModel):
     def _some_power(self) -> "PowerModel":
         if self.watts_per_replica is None and self.joules_per_request is None:
             raise ValueError("power needs wattsPerReplica and/or joulesPerRequest")
+        if (self.idle_watts_per_replica is not None and self.watts_per_replica is not None
+                and self.idle_watts_per_replica > self.watts_per_replica):
+            raise ValueError("power.idleWattsPerReplica must not exceed power.wattsPerReplica")
         return self
 
 
@@ -52,6 +66,9 @@ PowerModel.model_config["json_schema_extra"] = {
     "x-kubernetes-validations": [
         {"rule": "has(self.wattsPerReplica) || has(self.joulesPerRequest)",
          "message": "power needs wattsPerReplica and/or joulesPerRequest"},
+        {"rule": "!has(self.idleWattsPerReplica) || !has(self.wattsPerReplica) || "
+                 "self.idleWattsPerReplica <= self.wattsPerReplica",
+         "message": "power.idleWattsPerReplica must not exceed power.wattsPerReplica"},
     ]
 }
 
@@ -61,7 +78,7 @@ class Variant(ApiModel):
     quality: float = Field(ge=0, le=1, description="Quality score in [0, 1] (e.g. accuracy relative to the full model).")
     power: PowerModel
     capacity_rps: float = Field(gt=0, description="Requests per second one replica serves.")
-    patch: dict[str, Any] = Field(description="Strategic fields applied to the target for this variant (server-side apply).")
+    patch: dict[str, Any] = Field(min_length=1, description="Strategic fields applied to the target for this variant (server-side apply).")
 
 
 class Policy(ApiModel):
@@ -108,6 +125,9 @@ InferenceBudgetSpec.model_config["json_schema_extra"] = {
     "x-kubernetes-validations": [
         {"rule": "self.variants.all(v, self.variants.exists_one(w, w.name == v.name))",
          "message": "variant names must be unique"},
+        {"rule": "!has(self.policy) || !has(self.policy.qualityFloor) || "
+                 "self.variants.exists(v, v.quality >= self.policy.qualityFloor)",
+         "message": "no variant reaches policy.qualityFloor"},
     ]
 }
 

@@ -1,7 +1,7 @@
 """What handlers share (kopf's memo): settings, the API wrapper, the plan board, the clock."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -24,7 +24,25 @@ class Context:
     board: PlanBoard
     clock: Callable[[], datetime] = utc_now
     node_gpus: dict[str, int] = field(default_factory=dict)
+    node_regions: dict[str, str] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+
+    def cluster_zone(self) -> str:
+        """The grid zone holding most GPUs, from nodes' region labels through `zone_map`;
+        the configured default zone when no node maps to a zone."""
+        weights: dict[str, int] = {}
+        for node, region in self.node_regions.items():
+            zone = self.settings.zone_map.get(region)
+            if zone:
+                weights[zone] = weights.get(zone, 0) + max(1, self.node_gpus.get(node, 0))
+        if not weights:
+            return self.settings.default_zone
+        return max(sorted(weights), key=lambda z: weights[z])
+
+    def defaults_now(self) -> Defaults:
+        """Defaults with the zone the cluster's nodes say (specs naming a zone win)."""
+        zone = self.cluster_zone()
+        return self.defaults if zone == self.defaults.zone else replace(self.defaults, zone=zone)
 
     def capacity(self) -> float | None:
         """Configured GPU capacity, else the sum of nodes' allocatable GPUs (None: unknown)."""
