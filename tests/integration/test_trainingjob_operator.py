@@ -161,3 +161,22 @@ async def _running(api, name):
 
 async def _absent(api, name):
     return await job_of(api, name) is None
+
+
+async def test_default_zone_comes_from_node_regions(api, kubeconfig, tmp_path):
+    """A job naming no zone takes the zone of the nodes holding most GPUs (zone_map)."""
+    t0 = grid_start()
+    intensity = write_intensity(tmp_path / "ci.csv", t0, STEP, [100.0] * 300)
+    env = operator_env(tmp_path, kubeconfig, intensity, zone_map='{"eu-central-1": "DE-LU"}', default_zone="GB")
+    await api.create("v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {
+        "name": "gpu-1", "labels": {"topology.kubernetes.io/region": "eu-central-1"}},
+        "status": {"allocatable": {"nvidia.com/gpu": "8"}}})
+    with run_operator(tmp_path, env) as op:
+        await api.create(TJ, training_job("zoned"))
+        async def zoned():
+            st = await _planned(api, "zoned")
+            return st if st and st.get("zone") == "DE-LU" else None
+
+        # node events and the first reconcile race; the zone is re-resolved on every tick
+        await wait_for("the node region's zone in status", zoned, op=op)
+

@@ -131,6 +131,7 @@ def training_job_crd() -> dict[str, Any]:
             {"name": "Deadline", "type": "date", "jsonPath": ".status.deadline"},
             {"name": "Savings%", "type": "number", "jsonPath": ".status.plan.savingsPercent"},
             {"name": "Job", "type": "string", "jsonPath": ".status.jobName", "priority": 1},
+            {"name": "Zone", "type": "string", "jsonPath": ".status.zone", "priority": 1},
             {"name": "Reason", "type": "string", "jsonPath": ".status.lastDecision.reason", "priority": 1},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],

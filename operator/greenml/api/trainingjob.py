@@ -85,6 +85,7 @@ Phase = Literal["Pending", "Waiting", "Running", "Paused", "Succeeded", "Failed"
 class TrainingJobStatus(StatusModel):
     phase: Phase | None = None
     job_name: str | None = None
+    zone: str | None = Field(default=None, description="The grid zone planned for (spec, node regions or default).")
     deadline: datetime | None = None
     plan: PlanStatus | None = None
     progress: Progress | None = None

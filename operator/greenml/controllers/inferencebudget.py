@@ -101,7 +101,7 @@ async def reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patc
     previous, _ = svc.state_from_status(status)
     end = (previous.period_end if previous and previous.period_start <= now < previous.period_end
            else svc.core.new_state(model, now).period_end)
-    signals = await asyncio.to_thread(read_signals, ctx, spec.zone or ctx.defaults.zone, spec, model, deployment,
+    signals = await asyncio.to_thread(read_signals, ctx, spec.zone or ctx.cluster_zone(), spec, model, deployment,
                                       status.get("activeVariant"), now, end, step)
     outcome = svc.reconcile(spec, model, status, now, signals, step)
     d = outcome.decision

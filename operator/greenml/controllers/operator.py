@@ -103,10 +103,15 @@ def serve_metrics(ctx: Context) -> None:
 
 @kopf.on.event("", "v1", "nodes")
 def node_capacity(body: kopf.Body, type: str, memo: kopf.Memo, **_: Any) -> None:
-    """Track each node's allocatable GPUs (the capacity for shifted jobs)."""
+    """Track each node's allocatable GPUs (the capacity for shifted jobs) and its region
+    label (mapped to a grid zone by the `zone_map` setting)."""
     ctx: Context = memo.ctx
     name = body.get("metadata", {}).get("name", "")
     if type == "DELETED":
         ctx.node_gpus.pop(name, None)
+        ctx.node_regions.pop(name, None)
     else:
         ctx.node_gpus[name] = node_gpus(body)
+        region = (body.get("metadata", {}).get("labels") or {}).get(ctx.settings.zone_label)
+        if region:
+            ctx.node_regions[name] = region

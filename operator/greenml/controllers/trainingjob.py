@@ -101,7 +101,7 @@ async def reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patc
         return
     ns, name = meta.get("namespace"), meta.get("name")
     try:
-        req = resolve(body, ctx.defaults)
+        req = resolve(body, ctx.defaults_now())
     except InvalidSpec as err:
         ctx.board.forget((ns, name))
         reject(body, status, patch, err, now, generation)
@@ -219,6 +219,7 @@ def write_status(body, status, patch: kopf.Patch, req, outcome: Outcome, plan, f
         grams += max(0.0, kwh - float(used.get("energyKwh") or 0.0)) * intensity
     patch.status["phase"] = outcome.phase
     patch.status["jobName"] = job_name(req.name)
+    patch.status["zone"] = req.zone
     patch.status["deadline"] = format_time(req.deadline)
     patch.status["progress"] = outcome.progress.to_status()
     patch.status["usage"] = {"energyKwh": kwh, "grams": round(grams, 3),
