@@ -88,7 +88,7 @@ def test_lifecycle_on_a_real_api_server(kube, namespace, tmp_path):
             # no kubelet on a bare control plane: drive the Job to completion ourselves
             done = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
             kube.request("PATCH", path_for("batch/v1", "jobs", namespace, "llm-run", "status"), "complete Job",
-                         body={"status": {"startTime": done, "completionTime": done, "succeeded": 1, "conditions": [
+                         body={"status": {"completionTime": done, "succeeded": 1, "conditions": [
                              {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": done},
                              {"type": "Complete", "status": "True", "lastTransitionTime": done}]}},
                          content_type="application/merge-patch+json")

@@ -7,6 +7,7 @@ name + adoption on 409) and still meets the deadline.
 from __future__ import annotations
 
 import asyncio
+import re
 import logging
 from dataclasses import replace
 from datetime import datetime
@@ -51,8 +52,16 @@ def _observed(index: kopf.Index, namespace: str, name: str) -> Mapping[str, Any]
 
 
 # ------------------------------------------------------------------ status helpers
+def condition_reason(text: str) -> str:
+    """A reason the API server accepts (CamelCase, `^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$`)."""
+    words = re.split(r"[^A-Za-z0-9_,:]+", text or "")
+    out = "".join(w[:1].upper() + w[1:] for w in words if w).lstrip("0123456789_,:").rstrip(",:")
+    return out[:1024] or "Unknown"
+
+
 def condition(type_: str, status: bool, reason: str, message: str, now: datetime, generation: int | None,
               previous: list[Mapping[str, Any]] | None) -> dict[str, Any]:
+    reason = condition_reason(reason)
     old = next((c for c in previous or [] if c.get("type") == type_), None)
     st = "True" if status else "False"
     changed = old is None or old.get("status") != st
