@@ -43,6 +43,16 @@ class Settings(BaseSettings):
     default_watts_per_gpu: float = Field(default=300.0, gt=0)
     default_gpu_model: str | None = None
 
+    # accounting (SCI): see docs/accounting.md for the cited defaults
+    pue: float = Field(default=1.0, ge=1.0, le=5.0, description="facility energy / IT energy")
+    wue_l_per_kwh: float | None = Field(default=None, ge=0, description="water per kWh; None: not reported")
+    intensity_kind: Literal["average", "marginal"] = "average"
+    gpu_embodied_kg: float | None = Field(default=None, ge=0)
+    gpu_lifetime_years: float | None = Field(default=None, gt=0)
+    server_embodied_kg: float | None = Field(default=None, ge=0)
+    server_lifetime_years: float | None = Field(default=None, gt=0)
+    gpus_per_server: int | None = Field(default=None, ge=1)
+
     # operator
     namespace: str | None = Field(default=None, description="watch one namespace; None: all")
     health_port: int = Field(default=8080, ge=1, le=65535)
@@ -67,6 +77,15 @@ class Settings(BaseSettings):
     # derived
     def duration(self, name: str):
         return parse_duration(getattr(self, name))
+
+    def accounting(self):
+        """The cluster's AccountingPolicy (unset hardware fields keep the cited defaults)."""
+        from greenml.planning.accounting import AccountingPolicy, Hardware
+
+        hw = {k: getattr(self, k) for k in ("gpu_embodied_kg", "gpu_lifetime_years", "server_embodied_kg",
+                                            "server_lifetime_years", "gpus_per_server") if getattr(self, k) is not None}
+        return AccountingPolicy(pue=self.pue, wue_l_per_kwh=self.wue_l_per_kwh, kind=self.intensity_kind,
+                                hardware=Hardware(**hw))
 
 
 class _YamlFileSource(PydanticBaseSettingsSource):

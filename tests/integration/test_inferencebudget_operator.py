@@ -88,6 +88,13 @@ async def test_over_budget_switches_to_the_cheaper_variant_by_server_side_apply(
         events = await wait_for("a Switch event", lambda: [e for e in api.posted_events("chat-budget")
                                                             if e.get("reason") == "Switch"], op=op)
         assert "small" in events[0]["message"]
+
+        import urllib.request
+
+        text = urllib.request.urlopen(f"http://127.0.0.1:{op.env['GREENML_METRICS_PORT']}/metrics", timeout=5).read().decode()
+        assert 'greenml_active_variant_info{name="chat-budget",namespace="serving",variant="small"} 1.0' in text
+        spent = [ln for ln in text.splitlines() if ln.startswith('greenml_budget_limit_grams{name="chat-budget"')]
+        assert spent and spent[0].endswith(" 30.0"), spent
         assert op.alive()
 
 

@@ -18,7 +18,8 @@ import kopf
 import numpy as np
 
 from greenml.controllers.context import Context
-from greenml.controllers.trainingjob import TICK, condition, merge_conditions, post_event, reject
+from greenml.controllers.operator import metrics_of
+from greenml.controllers.trainingjob import TICK, condition, merge_conditions, observed_reconcile, post_event, reject
 from greenml.kube import ApiError, Transient
 from greenml.services import inferencebudget as svc
 from greenml.services.trainingjob import InvalidSpec
@@ -133,6 +134,7 @@ async def reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patc
     patch.status["carbonPrice"] = None if not np.isfinite(d.carbon_price) else round(float(d.carbon_price), 9)
     patch.status["conditions"] = merge_conditions(prev, conds)
     patch.status["observedGeneration"] = generation
+    record_budget(ctx, ns, name, model, outcome)
     last = status.get("lastDecision") or {}
     if outcome.switched or last.get("reason") != d.reason:
         patch.status["lastDecision"] = {"time": format_time(now), "action": "switch" if outcome.switched else "none",
@@ -142,13 +144,31 @@ async def reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patc
                        f"{status.get('activeVariant') or '-'} → {d.variant} ×{d.replicas}: {d.message}")
 
 
+def record_budget(ctx: Context, ns: str, name: str, model, outcome: svc.BudgetOutcome) -> None:
+    s, d = outcome.state, outcome.decision
+    m = metrics_of(ctx)
+    m.budget(ns, name,
+             grams={"spent": s.grams_spent, "limit": model.carbon_grams, "projected": d.projected_grams,
+                    "remaining": None if model.carbon_grams is None else model.carbon_grams - s.grams_spent},
+             joules={"spent": s.kwh_spent * 3.6e6, "projected": d.projected_kwh * 3.6e6,
+                     "limit": None if model.energy_kwh is None else model.energy_kwh * 3.6e6,
+                     "remaining": None if model.energy_kwh is None else (model.energy_kwh - s.kwh_spent) * 3.6e6})
+    m.active_variant(ns, name, d.variant)
+
+
 @kopf.on.resume(*RESOURCE)
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE, field="spec")
 async def on_change(**kwargs: Any) -> None:
-    await reconcile(**kwargs)
+    await observed_reconcile(kwargs, "InferenceBudget", reconcile)
 
 
 @kopf.timer(*RESOURCE, interval=TICK, initial_delay=TICK)
 async def on_tick(**kwargs: Any) -> None:
-    await reconcile(**kwargs)
+    await observed_reconcile(kwargs, "InferenceBudget", reconcile)
+
+
+@kopf.on.delete(*RESOURCE, optional=True)
+async def on_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    meta = body.get("metadata", {})
+    metrics_of(memo.ctx).forget(meta.get("namespace", ""), meta.get("name", ""), "InferenceBudget")

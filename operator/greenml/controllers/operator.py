@@ -34,7 +34,7 @@ def build_context(settings: Settings, kube: Kube | None = None) -> Context:
     )
     ctx = Context(settings=settings, kube=kube, defaults=defaults, board=board)
     ctx.extras["metrics"] = Metrics()
-    ctx.extras["accounting"] = AccountingPolicy()
+    ctx.extras["accounting"] = settings.accounting()
     ctx_ref["ctx"] = ctx
     return ctx
 

@@ -268,13 +268,13 @@ async def on_tick(**kwargs: Any) -> None:
     await observed_reconcile(kwargs)
 
 
-async def observed_reconcile(kwargs: dict[str, Any]) -> None:
-    """reconcile, timed, then its decision and phase recorded in the metrics."""
+async def observed_reconcile(kwargs: dict[str, Any], kind: str = "TrainingJob", fn=None) -> None:
+    """A kind's reconcile, timed, then its decision and phase recorded in the metrics."""
     metrics = metrics_of(kwargs["memo"].ctx)
-    with metrics.reconcile_timer("TrainingJob"):
-        await reconcile(**kwargs)
+    with metrics.reconcile_timer(kind):
+        await (fn or reconcile)(**kwargs)
     meta = kwargs["body"].get("metadata", {})
-    record_decision(metrics, "TrainingJob", meta.get("namespace", ""), meta.get("name", ""), kwargs["patch"].status)
+    record_decision(metrics, kind, meta.get("namespace", ""), meta.get("name", ""), kwargs["patch"].status)
 
 
 @kopf.on.delete(*RESOURCE, optional=True)
