@@ -64,6 +64,12 @@ class JobResult:
     deadline_met: bool
     completed: bool
     reason: str = ""             # last decision reason (greenml) or policy note
+    gpus: int = 0
+    watts: float = 0.0           # total draw while running
+
+    @property
+    def kwh(self) -> float:
+        return self.watts * sum((e - s).total_seconds() for s, e in self.runs) / 3.6e6
 
     @property
     def savings_fraction(self) -> float:
@@ -72,7 +78,8 @@ class JobResult:
     def to_json(self) -> dict:
         return {"name": self.name, "runs": [[format_time_precise(s), format_time_precise(e)] for s, e in self.runs],
                 "grams": round(self.grams, 3), "run_now_grams": round(self.run_now_grams, 3),
-                "deadline_met": self.deadline_met, "completed": self.completed, "reason": self.reason}
+                "deadline_met": self.deadline_met, "completed": self.completed, "reason": self.reason,
+                "gpus": self.gpus, "watts": round(self.watts, 3), "kwh": round(self.kwh, 6)}
 
 
 def format_time_precise(dt: datetime) -> str:

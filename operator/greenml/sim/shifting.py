@@ -382,7 +382,8 @@ def _results(states: Sequence[JobState], actual: IntensitySeries, policy: SimPol
         worked = sum((e - s).total_seconds() for s, e in runs)
         completed = worked >= j.duration.total_seconds() - 1e-6
         met = completed and all(s >= j.submit - EPS and e <= j.deadline + EPS for s, e in runs)
-        out.append(JobResult(j.name, runs, acc.grams(j.power_kw, runs), run_now, met, completed, st.reason))
+        out.append(JobResult(j.name, runs, acc.grams(j.power_kw, runs), run_now, met, completed, st.reason,
+                             j.gpus, j.watts))
     return out
 
 
