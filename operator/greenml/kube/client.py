@@ -9,6 +9,7 @@ servers that answer 200 where 201 is usual.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Mapping
 from urllib.parse import quote, urlencode
 
@@ -59,7 +60,8 @@ def load_configuration() -> client.Configuration:
     try:
         config.load_incluster_config(client_configuration=cfg)
     except config.ConfigException:
-        config.load_kube_config(client_configuration=cfg)
+        # read KUBECONFIG now: the client library captures it once, at import time
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None, client_configuration=cfg)
     return cfg
 
 
