@@ -156,3 +156,50 @@ def test_board_forecast_failure_is_reported_per_zone():
     board.observe(req, Progress(), running=False)
     plan, failure = board.plan_for(req.key, T0)
     assert plan is None and failure is not None and failure.reason == "UnknownZone"
+
+
+def _job(name: str, gpus: int = 8, max_delay: str = "8h"):
+    b = body(maxDelay=max_delay)
+    b["metadata"] = {**b["metadata"], "name": name, "uid": f"u-{name}"}
+    b["spec"]["power"] = {"gpus": gpus}
+    return resolve(b, D)
+
+
+def test_an_arrival_storm_costs_few_full_replans_and_respects_capacity():
+    vals = [300] * 6 + [100] * 4 + [300] * 30
+    board = PlanBoard(D, SeriesSource(series(vals)), capacity=16)
+    reqs = [_job(f"j{i}") for i in range(5)]     # 5 × 8 GPUs × 2 h fit in 16 GPUs before the deadline
+    board.observe(reqs[0], Progress(), running=False)
+    board.plan_for(reqs[0].key, T0)
+    for r in reqs[1:]:                       # objects arriving one by one, as kopf delivers them
+        board.observe(r, Progress(), running=False)
+        plan, _ = board.plan_for(r.key, T0 + timedelta(seconds=1))
+        assert plan is not None and plan.windows
+    assert board.stats.replans == 1 and board.stats.fill_ins == 4
+    assert all(board.plan_for(r.key, T0 + timedelta(seconds=1))[0].reason != "CapacityForced" for r in reqs)
+    # planned GPU use per slot never exceeds the capacity (16 GPUs = two 8-GPU jobs at a time)
+    edges = sorted({t for r in reqs for w in board.plan_for(r.key, T0 + timedelta(seconds=1))[0].windows for t in w})
+    for t in edges:
+        running = sum(r.gpus for r in reqs for s, e in board.plan_for(r.key, T0 + timedelta(seconds=1))[0].windows
+                      if s <= t < e)
+        assert running <= 16, (t, running)
+    # after the gap the next call re-plans everything together
+    board.plan_for(reqs[0].key, T0 + timedelta(seconds=5))
+    assert board.stats.replans == 2
+
+
+def test_fill_in_equals_a_full_replan_without_capacity():
+    vals = [300] * 6 + [100] * 4 + [300] * 30
+    reqs = [_job(f"k{i}", max_delay=f"{4 + i}h") for i in range(6)]
+    storm = PlanBoard(D, SeriesSource(series(vals)))
+    storm.observe(reqs[0], Progress(), running=False)
+    storm.plan_for(reqs[0].key, T0)
+    for r in reqs[1:]:
+        storm.observe(r, Progress(), running=False)
+        storm.plan_for(r.key, T0)
+    fresh = PlanBoard(D, SeriesSource(series(vals)))
+    for r in reqs:
+        fresh.observe(r, Progress(), running=False)
+    for r in reqs:
+        assert storm.plan_for(r.key, T0)[0].windows == fresh.plan_for(r.key, T0)[0].windows
+    assert storm.stats.fill_ins == 5 and fresh.stats.replans == 1

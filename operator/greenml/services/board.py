@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Callable, Mapping
 
@@ -86,6 +86,7 @@ class BoardStats:
     last_duration_s: float = 0.0
     last_jobs: int = 0
     last_kept: int = 0        # plans carried over unchanged by the last replan (incremental path)
+    fill_ins: int = 0         # arrivals planned alone between full replans (see PlanBoard.within_gap)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ class PlanBoard:
                  replan_interval: timedelta = timedelta(minutes=15),
                  horizon: timedelta = timedelta(days=7),
                  capacity: Callable[[], float | None] | float | None = None,
+                 min_replan_gap: timedelta = timedelta(seconds=2),
                  clock_cost: Callable[[], float] | None = None) -> None:
         self.defaults = defaults
         self.source = source
@@ -113,6 +115,8 @@ class PlanBoard:
         self._planned_at: datetime | None = None
         self._basis: dict[Key, _Basis] = {}
         self._last_forecast: dict[str, tuple[datetime, np.ndarray]] = {}
+        self._estimate: dict[str, bool] = {}
+        self.min_replan_gap = min_replan_gap
         self._dirty = True
         self._lock = threading.RLock()
         self._perf = clock_cost
@@ -147,10 +151,24 @@ class PlanBoard:
         return (self._dirty or self._planned_at is None or bool(self._failures)
                 or now - self._planned_at >= self.replan_interval)
 
+    def within_gap(self, now: datetime) -> bool:
+        """Too soon after the last full replan for another one (only the job set changed).
+
+        The gap is ``min_replan_gap`` or four times the last replan's duration, whichever is
+        longer: an arrival storm of N objects costs a few full replans, not N (O(N²))."""
+        if self._planned_at is None or self._failures:
+            return False
+        gap = max(self.min_replan_gap.total_seconds(), 4.0 * self.stats.last_duration_s)
+        since = (now - self._planned_at).total_seconds()
+        return 0 <= since < gap and now - self._planned_at < self.replan_interval
+
     def plan_for(self, key: Key, now: datetime) -> tuple[PlannedJob | None, ForecastFailure | None]:
         """The job's plan (None when its zone has no forecast, with the failure)."""
         with self._lock:
-            if self.stale(now) or key not in self._plans:
+            if self.stale(now) and self.within_gap(now):
+                if key not in self._plans and not self._fill_in(now):
+                    self.replan(now)
+            elif self.stale(now) or key not in self._plans:
                 self.replan(now)
             entry = self._entries.get(key)
             failure = self._failures.get(entry.req.zone) if entry else None
@@ -225,6 +243,7 @@ class PlanBoard:
                 self._basis[key] = _Basis(entry, _deadline_slots(entry.req, now, self.defaults) > max_slots)
             self._plans = plans
             self._last_forecast = {z: (now, f) for z, f in forecasts.items()}
+            self._estimate = {z: series_by_zone[z].estimate for z in forecasts}
             self._failures = failures
             self._planned_at = now
             self._dirty = False
@@ -232,6 +251,52 @@ class PlanBoard:
             self.stats.last_jobs = len(jobs)
             self.stats.last_kept = len(plans) - len(fresh)
             self.stats.last_duration_s = time.perf_counter() - t0
+
+    def _fill_in(self, now: datetime) -> bool:
+        """Plan only the jobs that have no plan yet, on the last replan's grid and forecasts and
+        on the capacity the existing plans leave; the full replan follows after the gap.
+        False when that is not possible (a zone without a cached forecast)."""
+        then = self._planned_at
+        step = self.defaults.step
+        step_s = step.total_seconds()
+        max_slots = max(1, int(self.horizon.total_seconds() // step_s))
+        offset = int(math.ceil((now - then).total_seconds() / step_s - 1e-9))
+        new: list[tuple[Key, shifting.JobSpec]] = []
+        for key, e in self._entries.items():
+            if key in self._plans:
+                continue
+            spec = to_job_spec(e, then, self.defaults, max_slots)
+            if spec is None:
+                continue
+            if spec.zone not in self._last_forecast:
+                return False
+            new.append((key, replace(spec, earliest=max(spec.earliest, offset))))
+        if not new:
+            return True
+        forecasts = {z: f for z, (_, f) in self._last_forecast.items()}
+        n = max(max(j.latest_end, j.earliest + j.remaining) for _, j in new)
+        n = max([n] + [len(f) for f in forecasts.values()])
+        capacity = self.capacity()
+        reserved = None
+        if capacity is not None:
+            reserved = np.zeros(n)
+            for key, p in self._plans.items():
+                gpus = self._entries[key].req.gpus if key in self._entries else 0
+                for ws, we in p.windows:
+                    a = max(0, int((ws - then).total_seconds() // step_s))
+                    b = min(n, int(math.ceil((we - then).total_seconds() / step_s)))
+                    reserved[a:b] += gpus
+        plans = shifting.plan([j for _, j in new], forecasts, step_hours=step_s / 3600.0,
+                              capacity_gpus=capacity, reserved_gpus=reserved)
+        for (key, _), p in zip(new, plans):
+            entry = self._entries[key]
+            sig = self.signals.get(entry.req.zone)
+            windows = tuple((then + step * a, then + step * b) for a, b in p.runs)
+            self._plans[key] = PlannedJob(windows, p.grams, p.run_now_grams, p.reason,
+                                          sig.source if sig else "unknown", self._estimate.get(entry.req.zone, False),
+                                          now, sig.link if sig else "provider", sig.fallback if sig else ())
+        self.stats.fill_ins += 1
+        return True
 
     def _unchanged_slots(self, zone: str, now: datetime, values: np.ndarray) -> int:
         """How many slots from now the new forecast equals the previous one (0: none / off grid)."""
