@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     provider_username: str | None = Field(default=None, repr=False)
     provider_password: str | None = Field(default=None, repr=False)
     prometheus_url: str | None = None
+    measure_interval: str = Field(default="5m", pattern=DURATION_PATTERN,
+                                  description="how often a running job's energy is read from Prometheus")
     zone_label: str = "topology.kubernetes.io/region"
     zone_map: dict[str, str] = Field(default_factory=dict, description="node region label → grid zone, e.g. "
                                      '{"europe-west3": "DE"}; the zone of most GPUs becomes the default zone')

@@ -10,7 +10,7 @@ import asyncio
 import re
 import logging
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Mapping
 
 import kopf
@@ -149,12 +149,38 @@ async def reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patc
         raise kopf.TemporaryError(f"{exc} (will retry)", delay=60) from None
 
     signal = ctx.board.signals.get(req.zone)
+    measured = await asyncio.to_thread(measure, ctx, req, outcome, now) if outcome.progress.runs else None
     write_status(body, status, patch, req, outcome, plan, failure, now, generation,
-                 intensity=signal.now if signal else None)
+                 intensity=signal.now if signal else None, measured=measured)
     record_board(metrics_of(ctx), ctx.board)
     record_trainingjob(metrics_of(ctx), req, patch.status, plan, accounting_of(ctx))
     if outcome.phase in FINAL:
         ctx.board.forget(req.key)
+
+
+def measure(ctx: Context, req, outcome: Outcome, now: datetime) -> tuple[float, str] | None:
+    """Measured energy (kWh, source) of the Job's pods since the TrainingJob was created, from
+    Prometheus (DCGM energy counter, DCGM power, Kepler — greenml.signals.energy), at most every
+    `measure_interval` per object and once more when it finishes; None without Prometheus or when
+    nothing matched (the power model then stands, and status says so)."""
+    if not ctx.settings.prometheus_url:
+        return None
+    cache = ctx.extras.setdefault("measured", {})
+    last = cache.get(req.key)
+    if last is not None and now - last[0] < ctx.settings.duration("measure_interval") and outcome.phase not in FINAL:
+        return last[1]
+    from greenml.signals.base import SignalError
+    from greenml.signals.energy import EnergyMeter
+
+    meter = ctx.extras.get("meter") or ctx.extras.setdefault("meter", EnergyMeter(ctx.settings.prometheus_url))
+    try:
+        reading = meter.energy_joules(req.namespace, f"{re.escape(job_name(req.name))}-.*", req.created, now)
+    except (SignalError, ValueError) as exc:
+        log.warning("energy measurement failed for %s/%s: %s", req.namespace, req.name, exc)
+        return last[1] if last else None
+    value = None if reading.source == "model" else (reading.value / 3.6e6, reading.source)
+    cache[req.key] = (now, value)
+    return value
 
 
 def apply(ctx: Context, req, body: Mapping[str, Any], outcome: Outcome, observed: JobObservation,
@@ -179,7 +205,8 @@ def apply(ctx: Context, req, body: Mapping[str, Any], outcome: Outcome, observed
 
 
 def write_status(body, status, patch: kopf.Patch, req, outcome: Outcome, plan, failure, now: datetime,
-                 generation: int | None, intensity: float | None = None) -> None:
+                 generation: int | None, intensity: float | None = None,
+                 measured: tuple[float, str] | None = None) -> None:
     """``intensity`` (g/kWh, the planner's current slot): usage.grams accrues the energy used since
     the last status at it (IT energy; PUE and embodied are added by accounting/metrics/report)."""
     prev = status.get("conditions")
@@ -222,17 +249,19 @@ def write_status(body, status, patch: kopf.Patch, req, outcome: Outcome, plan, f
 
     run_s = outcome.progress.total(now)
     used = status.get("usage") or {}
-    kwh = round(run_s * req.watts / 3.6e6, 6)
+    kwh = round(measured[0] if measured else run_s * req.watts / 3.6e6, 6)
+    source = f"prometheus ({measured[1]})" if measured else f"power-model ({req.power_source})"
     grams = float(used.get("grams") or 0.0)
-    if intensity is not None:
+    if used.get("source") not in (None, source) and intensity is not None:
+        grams = kwh * intensity          # the energy source changed: re-base on the new figure
+    elif intensity is not None:
         grams += max(0.0, kwh - float(used.get("energyKwh") or 0.0)) * intensity
     patch.status["phase"] = outcome.phase
     patch.status["jobName"] = job_name(req.name)
     patch.status["zone"] = req.zone
     patch.status["deadline"] = format_time(req.deadline)
     patch.status["progress"] = outcome.progress.to_status()
-    patch.status["usage"] = {"energyKwh": kwh, "grams": round(grams, 3),
-                             "source": f"power-model ({req.power_source})"}
+    patch.status["usage"] = {"energyKwh": kwh, "grams": round(grams, 3), "source": source}
     patch.status["conditions"] = merge_conditions(prev, conds)
     patch.status["observedGeneration"] = generation
     last = status.get("lastDecision") or {}
