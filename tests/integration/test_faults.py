@@ -402,8 +402,10 @@ async def test_provider_outage_falls_back_and_recovers(api, kubeconfig, tmp_path
         st = await wait_for("a plan from the fallback", lambda: _planned(api, "po"), timeout=40, op=op)
         assert "electricitymaps" != st["plan"]["forecastSource"].split(" ")[0], st["plan"]
         assert "(estimate)" in st["plan"]["forecastSource"] or "forecaster" in st["plan"]["forecastSource"]
-        planned = {c["type"]: c for c in st["conditions"]}["Planned"]
-        assert st["plan"]["forecastSource"] in planned["message"]
+        conds = {c["type"]: c for c in st["conditions"]}
+        assert st["plan"]["forecastSource"] in conds["Planned"]["message"]
+        reason = {"500": "ServerError", "malformed": "Malformed"}[outage]
+        assert conds["SignalsDegraded"]["status"] == "True" and conds["SignalsDegraded"]["reason"] == reason, conds
         n = len(provider.seen)
         await _sleep(4.0)
         rate = (len(provider.seen) - n) / 4.0
@@ -411,6 +413,7 @@ async def test_provider_outage_falls_back_and_recovers(api, kubeconfig, tmp_path
         provider.mode = "ok"
         st = await wait_for("the provider's forecast again",
                             lambda: _source(api, "po", "electricitymaps"), timeout=40, op=op)
+        st = await wait_for("SignalsDegraded cleared", lambda: _cond_false(api, "po", "SignalsDegraded"), op=op)
         assert op.alive()
 
 
@@ -436,6 +439,12 @@ async def test_unknown_zone_fails_open_at_latest_safe_start(api, kubeconfig, tmp
 async def _source(api, name, source):
     st = await status_of(api, name)
     return st if (st.get("plan") or {}).get("forecastSource", "").startswith(source) else None
+
+
+async def _cond_false(api, name, type_):
+    st = await status_of(api, name)
+    c = {c["type"]: c for c in st.get("conditions") or []}.get(type_)
+    return st if c and c["status"] == "False" else None
 
 
 async def _cond(api, name, type_):
