@@ -117,6 +117,12 @@ async def reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patc
         return
     progress = Progress.from_status(status)
     job = _observed(greenml_jobs, ns, name)
+    if job is None and status.get("jobName"):
+        # the watch-fed index can lag a Job we just created: ask the API before creating again
+        try:
+            job = await asyncio.to_thread(ctx.kube.get_job, ns, job_name(name))
+        except ApiError as exc:
+            raise kopf.TemporaryError(str(exc), delay=10) from None
     if job is not None and not owned_by(job, req):
         msg = f"a Job named {job_name(name)} exists and is not owned by this TrainingJob"
         reject(body, status, patch, InvalidSpec("metadata.name", msg), now, generation)
