@@ -166,7 +166,11 @@ async def load_run(n: int, seed: int = 0, timeout_s: float = 1200.0) -> dict[str
                 async with aiohttp.ClientSession() as s:
                     planned, items = 0, []
                     while time.monotonic() - t0 < timeout_s and proc.poll() is None:
-                        items = await _list(s, tj_url)
+                        try:
+                            items = await _list(s, tj_url)
+                        except (aiohttp.ClientError, asyncio.TimeoutError):   # the emulator is swamped
+                            await asyncio.sleep(2.0)
+                            continue
                         planned = sum(1 for o in items if ((o.get("status") or {}).get("plan") or {}).get("computedAt"))
                         if planned >= n:
                             break
