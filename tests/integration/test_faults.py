@@ -398,7 +398,8 @@ async def test_provider_outage_falls_back_and_recovers(api, kubeconfig, tmp_path
     the provider back → its forecast is used again. Requests to the provider stay bounded."""
     provider.mode = outage
     with run_operator(tmp_path, provider_env(tmp_path, kubeconfig, provider, replan_interval="2s")) as op:
-        await api.create(TJ, training_job("po", max_delay="5m"))
+        # long enough that it is still planned when the provider returns, whatever the fallback chose
+        await api.create(TJ, training_job("po", duration="10m", max_delay="1h"))
         st = await wait_for("a plan from the fallback", lambda: _planned(api, "po"), timeout=40, op=op)
         assert "electricitymaps" != st["plan"]["forecastSource"].split(" ")[0], st["plan"]
         assert "(estimate)" in st["plan"]["forecastSource"] or "forecaster" in st["plan"]["forecastSource"]
