@@ -99,8 +99,18 @@ def reject(body: Mapping[str, Any], status: Mapping[str, Any], patch: kopf.Patch
 
 
 # ------------------------------------------------------------------ reconcile
-async def reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, memo: kopf.Memo,
-                    greenml_jobs: kopf.Index, **_: Any) -> None:
+async def reconcile(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    """One object at a time: kopf runs an object's change handlers and its timer
+    concurrently, and two interleaved reconciles would both create the Job."""
+    meta = body.get("metadata", {})
+    locks = memo.ctx.extras.setdefault("locks", {})
+    lock = locks.setdefault((meta.get("namespace"), meta.get("name")), asyncio.Lock())
+    async with lock:
+        await _reconcile(body=body, memo=memo, **kwargs)
+
+
+async def _reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, memo: kopf.Memo,
+                     greenml_jobs: kopf.Index, **_: Any) -> None:
     ctx: Context = memo.ctx
     now = ctx.clock()
     meta = body.get("metadata", {})
@@ -117,7 +127,7 @@ async def reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patc
         return
     progress = Progress.from_status(status)
     job = _observed(greenml_jobs, ns, name)
-    if job is None and status.get("jobName"):
+    if job is None and (status.get("jobName") or (ns, name) in ctx.extras.get("created", {})):
         # the watch-fed index can lag a Job we just created: ask the API before creating again
         try:
             job = await asyncio.to_thread(ctx.kube.get_job, ns, job_name(name))
@@ -198,6 +208,7 @@ def apply(ctx: Context, req, body: Mapping[str, Any], outcome: Outcome, observed
         manifest = job_manifest(req, body["spec"]["template"])
         try:
             kube.create_job(manifest)
+            ctx.extras.setdefault("created", {})[req.key] = True   # until status/index show it
         except Conflict:
             existing = kube.get_job(req.namespace, name)
             if existing is None or not owned_by(existing, req):
@@ -317,7 +328,10 @@ async def on_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Owner references let the garbage collector remove the Job; delete it too in case GC is off."""
     ctx: Context = memo.ctx
     meta = body.get("metadata", {})
-    ctx.board.forget((meta.get("namespace"), meta.get("name")))
+    key = (meta.get("namespace"), meta.get("name"))
+    ctx.board.forget(key)
+    for table in ("locks", "created", "measured"):
+        ctx.extras.get(table, {}).pop(key, None)
     metrics_of(ctx).forget(meta.get("namespace", ""), meta.get("name", ""), "TrainingJob")
     try:
         await asyncio.to_thread(ctx.kube.delete_job, meta.get("namespace"), job_name(meta.get("name")))
