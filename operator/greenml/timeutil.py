@@ -25,7 +25,10 @@ def parse_duration(text: str | int | float | timedelta) -> timedelta:
     if not isinstance(text, str) or not _FULL.match(text.strip()):
         raise ValueError(f"invalid duration {text!r}: use forms like '45m', '2h', '1h30m', '3d'")
     seconds = sum(float(n) * _UNITS[u] for n, u in _PART.findall(text.strip()))
-    return timedelta(seconds=seconds)
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"duration {text!r} is too large") from None
 
 
 def format_duration(td: timedelta) -> str:

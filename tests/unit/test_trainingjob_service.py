@@ -203,3 +203,21 @@ def test_fill_in_equals_a_full_replan_without_capacity():
     for r in reqs:
         assert storm.plan_for(r.key, T0)[0].windows == fresh.plan_for(r.key, T0)[0].windows
     assert storm.stats.fill_ins == 5 and fresh.stats.replans == 1
+
+
+def test_a_running_interruptible_job_is_not_paused_for_less_than_a_slot():
+    req = resolve(body(interruptible=True, minRunDuration="30m"), D)
+    p = Progress(running_since=T0, runs=1)
+    now = T0 + timedelta(hours=1)
+    # window ended at `now`, the next starts 10 minutes later (< one 30-min slot): keep running
+    o = decide(req, p, JobObservation(suspended=False), [(T0, now), (now + timedelta(minutes=10), now + timedelta(hours=1))], now, D)
+    assert o.action == "none" and o.phase == "Running"
+    # the next window two slots away: pause
+    o = decide(req, p, JobObservation(suspended=False), [(T0, now), (now + timedelta(hours=1), now + timedelta(hours=2))], now, D)
+    assert o.action == "pause"
+
+
+def test_absurd_durations_are_invalid_not_crashes():
+    from greenml.timeutil import parse_duration
+    with pytest.raises(ValueError, match="too large"):
+        parse_duration("99999999999999999d")
