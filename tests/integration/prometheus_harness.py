@@ -120,3 +120,26 @@ def running_prometheus(targets: Sequence[str], *, scrape_interval: str = "1s", m
             proc.wait(timeout=5)
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def serve_text(render, content_type: str = "text/plain; version=0.0.4"):
+    """A test exporter on 127.0.0.1: every GET answers ``render()``. Returns the server
+    (``server.target`` is host:port for a scrape config; ``server.shutdown()`` stops it)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = render().encode()
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.target = f"127.0.0.1:{server.server_address[1]}"
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return server

@@ -2,16 +2,14 @@
 dcgm-exporter and Kepler metric text with known, time-varying values (incl. a counter reset)."""
 from __future__ import annotations
 
-import threading
 import time
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from greenml.signals.energy import EnergyMeter, EnergyPolicy, PowerModel
 from greenml.signals.promql import Prometheus
-from tests.integration.prometheus_harness import running_prometheus
+from tests.integration.prometheus_harness import running_prometheus, serve_text
 
 pytestmark = pytest.mark.prometheus
 
@@ -27,24 +25,13 @@ KEPLER = {("ml", "train-0"): {"gpu": 150.0, "package": 40.0, "dram": 10.0}}
 class Exporter:
     def __init__(self) -> None:
         self.t0: float | None = None  # the first scrape: the exporter's clock starts there
-        ex = self
+        self.httpd = serve_text(self._scrape)
+        self.target = self.httpd.target
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                now = time.time()
-                ex.t0 = ex.t0 or now
-                body = ex.text(now - ex.t0).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.target = f"127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    def _scrape(self) -> str:
+        now = time.time()
+        self.t0 = self.t0 or now
+        return self.text(now - self.t0)
 
     def text(self, t: float) -> str:
         lines = ["# HELP DCGM_FI_DEV_POWER_USAGE Power draw (in W).", "# TYPE DCGM_FI_DEV_POWER_USAGE gauge"]

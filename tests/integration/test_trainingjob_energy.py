@@ -2,14 +2,12 @@
 Prometheus (Debian's binary) that scrapes dcgm-exporter text for the Job's pod."""
 from __future__ import annotations
 
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from tests.integration.harness import operator_env, run_operator, wait_for, write_intensity
-from tests.integration.prometheus_harness import running_prometheus
+from tests.integration.prometheus_harness import running_prometheus, serve_text
 from tests.integration.test_trainingjob_operator import STEP, TJ, grid_start, status_of, training_job
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.timeout(120)]
@@ -21,29 +19,15 @@ class DcgmExporter:
 
     def __init__(self) -> None:
         self.t0 = time.time()
-        ex = self
+        self.server = serve_text(self._scrape)
+        self.target = self.server.target
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                mj = 2.0e9 + (time.time() - ex.t0) * WATTS * 1000.0
-                labels = 'gpu="0",UUID="GPU-0",modelName="NVIDIA A100-SXM4-80GB",namespace="ml",pod="meas-run-x7k2p"'
-                body = (f"# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter\n"
-                        f"DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{{{labels}}} {mj:.0f}\n"
-                        f"# TYPE DCGM_FI_DEV_POWER_USAGE gauge\nDCGM_FI_DEV_POWER_USAGE{{{labels}}} {WATTS}\n").encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.server.server_address[1]}"
+    def _scrape(self) -> str:
+        mj = 2.0e9 + (time.time() - self.t0) * WATTS * 1000.0
+        labels = 'gpu="0",UUID="GPU-0",modelName="NVIDIA A100-SXM4-80GB",namespace="ml",pod="meas-run-x7k2p"'
+        return (f"# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter\n"
+                f"DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{{{labels}}} {mj:.0f}\n"
+                f"# TYPE DCGM_FI_DEV_POWER_USAGE gauge\nDCGM_FI_DEV_POWER_USAGE{{{labels}}} {WATTS}\n")
 
 
 async def test_status_reports_energy_measured_by_prometheus(api, kubeconfig, tmp_path):
