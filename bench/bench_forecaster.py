@@ -20,7 +20,6 @@ import argparse
 import csv
 import sys
 import time
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np

@@ -41,7 +41,7 @@ from bench._common import data_file, write_result  # noqa: E402
 from greenml.signals.base import IntensitySeries  # noqa: E402
 from greenml.signals.file import load_intensity_csv  # noqa: E402
 from greenml.sim import forecasts  # noqa: E402
-from greenml.sim.jobs import SimJob, read_forecasts_csv  # noqa: E402
+from greenml.sim.jobs import SimJob  # noqa: E402
 from greenml.sim.shifting import SimPolicy, simulate  # noqa: E402
 
 ZONES = ("DE", "GB", "US-CAL-CISO", "US-MIDA-PJM")

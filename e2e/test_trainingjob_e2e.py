@@ -7,7 +7,6 @@ controller-manager) garbage collection of the owned Job through its owner refere
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import datetime, timedelta, timezone
 
 import pytest

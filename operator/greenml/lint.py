@@ -28,7 +28,7 @@ from pydantic import BaseModel, ValidationError
 
 from greenml import GROUP, VERSION
 from greenml.api import InferenceBudget, TrainingJob
-from greenml.timeutil import format_time, parse_duration, parse_time
+from greenml.timeutil import format_time, parse_duration
 
 KINDS: dict[str, type[BaseModel]] = {"TrainingJob": TrainingJob, "InferenceBudget": InferenceBudget}
 YAML_SUFFIXES = (".yaml", ".yml")

@@ -24,7 +24,7 @@ from greenml.services.trainingjob import (
     Defaults, InvalidSpec, JobObservation, Progress, check_feasible, decide, resolve,
 )
 from tests.integration.harness import operator_env, run_operator, wait_for, write_intensity
-from tests.integration.test_trainingjob_operator import STEP, TJ, NS, grid_start, job_of, status_of, training_job
+from tests.integration.test_trainingjob_operator import STEP, TJ, grid_start, job_of, status_of, training_job
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
 DEFAULTS = Defaults(min_run=timedelta(minutes=5))

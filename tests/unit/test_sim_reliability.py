@@ -16,7 +16,7 @@ positive. Data: Electricity Maps DE hourly 2023 (``/work/shared/data``, skipped 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Sequence
 

@@ -10,7 +10,7 @@ import asyncio
 import re
 import logging
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Mapping
 
 import kopf
