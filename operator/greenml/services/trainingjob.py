@@ -45,16 +45,12 @@ class Defaults:
     min_run: timedelta = timedelta(minutes=30)
     watts_per_gpu: float = 300.0
     cpu_job_watts: float = 100.0
-    # model name → typical watts (None: unknown); a mapping is looked up case-insensitively
-    gpu_watts: Callable[[str], float | None] | Mapping[str, float] | None = None
+    gpu_watts: Callable[[str], float | None] | None = None  # model name → typical W (None: unknown)
     step: timedelta = timedelta(minutes=5)
 
     def __post_init__(self) -> None:
         if self.gpu_watts is None:
             object.__setattr__(self, "gpu_watts", typical_gpu_watts)
-        elif isinstance(self.gpu_watts, Mapping):
-            table = {k.upper(): float(v) for k, v in self.gpu_watts.items()}
-            object.__setattr__(self, "gpu_watts", lambda model: table.get(model.upper()))
 
     @classmethod
     def from_settings(cls, settings: Any) -> "Defaults":
