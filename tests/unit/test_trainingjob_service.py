@@ -212,9 +212,10 @@ def test_a_running_interruptible_job_is_not_paused_for_less_than_a_slot():
     # window ended at `now`, the next starts 10 minutes later (< one 30-min slot): keep running
     o = decide(req, p, JobObservation(suspended=False), [(T0, now), (now + timedelta(minutes=10), now + timedelta(hours=1))], now, D)
     assert o.action == "none" and o.phase == "Running"
-    # the next window two slots away: pause
-    o = decide(req, p, JobObservation(suspended=False), [(T0, now), (now + timedelta(hours=1), now + timedelta(hours=2))], now, D)
-    assert o.action == "pause"
+    # a gap of one whole slot (30 min) or more: pause
+    for gap in (timedelta(minutes=30), timedelta(hours=1)):
+        o = decide(req, p, JobObservation(suspended=False), [(T0, now), (now + gap, now + gap + timedelta(hours=1))], now, D)
+        assert o.action == "pause", gap
 
 
 def test_absurd_durations_are_invalid_not_crashes():

@@ -420,8 +420,8 @@ def decide(req: JobRequirements, progress: Progress, job: JobObservation,
         run, reason, why = False, "ForecastUnavailable", f"no forecast; will start by the latest safe start {format_time(latest)}"
     elif in_windows(now, windows):
         run, reason, why = True, plan_reason or "Planned", "inside a planned low-carbon window"
-    elif running and in_windows(now + defaults.step, windows):
-        # the next window starts within one slot: a pause that short only thrashes the pods
+    elif running and any(now < s < now + defaults.step for s, _ in windows):
+        # the next window starts in less than one slot: a pause that short only thrashes the pods
         run, reason, why = True, plan_reason or "Planned", "next planned window starts within one slot"
     else:
         nxt = min((s for s, _ in windows if s > now), default=None)
