@@ -136,7 +136,7 @@ async def load_run(n: int, seed: int = 0, timeout_s: float = 1200.0) -> dict[str
     import kmock
     from kmock._internal import apps
 
-    from tests.integration.harness import declare_resources, write_kubeconfig
+    from tests.integration.harness import declare_resources, stop_process, write_kubeconfig
 
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory() as tmp_s:
@@ -180,11 +180,7 @@ async def load_run(n: int, seed: int = 0, timeout_s: float = 1200.0) -> dict[str
                     rss = proc_peak_rss_mib(proc.pid) if proc.poll() is None else math.nan
                     jobs = await _list(s, f"{url}/apis/batch/v1/namespaces/{NS}/jobs")
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                stop_process(proc, timeout=20)
                 trimmer.cancel()
             count_job_posts(k._requests, posts)
             logs = log_path.read_text(errors="replace")

@@ -25,6 +25,8 @@ from typing import Callable, Iterator, Sequence
 
 import pytest
 
+from tests.integration.harness import stop_process
+
 BINARY_ENV_HINT = "install it with: apt-get install -y prometheus"
 
 
@@ -112,12 +114,7 @@ def running_prometheus(targets: Sequence[str], *, scrape_interval: str = "1s", m
             time.sleep(0.1)
         yield handle
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc)
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
