@@ -80,6 +80,7 @@ def window(exporter: Exporter) -> tuple[datetime, datetime]:
     return datetime.fromtimestamp(start, timezone.utc), datetime.fromtimestamp(start + 6.0, timezone.utc)
 
 
+@pytest.mark.flaky(reruns=2)   # depends on 1 s scrape timing around the reset; retried, see closing note
 def test_dcgm_energy_counter_with_reset(prom):
     p, exporter = prom
     meter = EnergyMeter(Prometheus(p.url))
