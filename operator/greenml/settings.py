@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     peering: str | None = Field(default=None, description="kopf peering name for HA; None: standalone")
     peering_priority: int | None = Field(default=None, ge=0, le=2**31 - 1,
                                          description="kopf peering priority; None: derived from the pod name")
+    peering_lifetime: int = Field(default=60, ge=2, le=3600,
+                                  description="seconds a replica's keep-alive counts; a killed leader is replaced after this")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 

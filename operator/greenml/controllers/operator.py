@@ -55,6 +55,7 @@ def configure_kopf(ks: kopf.OperatorSettings, settings: Settings) -> None:
         ks.peering.mandatory = True
         # kopf pauses *every* peer when priorities tie, so each replica needs its own
         ks.peering.priority = peering_priority(settings)
+        ks.peering.lifetime = settings.peering_lifetime
     else:
         ks.peering.standalone = True
 
