@@ -135,6 +135,23 @@ def test_extreme_durations_and_progress(duration_s, delay_s, run_s, offset_s):
         assert out.progress.run_seconds >= 0
 
 
+@settings(max_examples=200, deadline=None)
+@given(edits=st.lists(st.tuples(st.sampled_from([("progress",), ("progress", "runSeconds"),
+                                                 ("progress", "runningSince"), ("progress", "runs")]), junk),
+                      min_size=1, max_size=3))
+def test_corrupted_progress_in_status_is_survived(edits):
+    """status.progress is the operator's memory of run time; junk there (a hand edit, an old
+    restore) reads as absent fields — the job is still decided, never an exception."""
+    status = {"progress": {"runSeconds": 600.0, "runningSince": "2024-06-01T11:50:00Z", "runs": 1}}
+    for path, value in edits:
+        status = mutate(status, path, value)
+    progress = Progress.from_status(status)
+    assert progress.run_seconds >= 0 and progress.runs >= 0
+    req = resolve(valid_body(), DEFAULTS)
+    out = decide(req, progress, JobObservation(suspended=False), [(NOW, NOW + timedelta(hours=1))], NOW, DEFAULTS)
+    assert out.remaining >= timedelta(0)
+
+
 @pytest.mark.parametrize("path,value,field", [
     (("spec", "schedule", "estimatedDuration"), "0s", "spec.schedule.estimatedDuration"),
     (("spec", "schedule", "estimatedDuration"), 12, "spec.schedule.estimatedDuration"),

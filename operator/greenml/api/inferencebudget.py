@@ -83,8 +83,9 @@ class Variant(ApiModel):
 
 class Policy(ApiModel):
     quality_floor: float = Field(default=0.0, ge=0, le=1)
-    min_replicas: int = Field(default=1, ge=0)
-    max_replicas: int = Field(default=10, ge=1)
+    # a Deployment's replicas are int32
+    min_replicas: int = Field(default=1, ge=0, le=2**31 - 1)
+    max_replicas: int = Field(default=10, ge=1, le=2**31 - 1)
     tier: Literal["premium", "eco"] = "premium"
     min_dwell: Duration = Field(default="15m", description="Minimum time between variant switches.")
     on_budget_breach: Literal["keepFloor", "throttle"] = "keepFloor"

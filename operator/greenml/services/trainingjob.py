@@ -114,14 +114,20 @@ class Progress:
 
     @classmethod
     def from_status(cls, status: Mapping[str, Any] | None) -> "Progress":
-        p = (status or {}).get("progress") or {}
-        since = p.get("runningSince")
-        return cls(float(p.get("runSeconds") or 0.0), parse_time(since) if since else None, int(p.get("runs") or 0))
+        from greenml.services import status_fields as f
+
+        p = f.mapping(f.mapping(status).get("progress"))
+        run = f.number(p.get("runSeconds"), 0.0, minimum=0.0)
+        return cls(min(run, MAX_RUN_SECONDS), f.time(p.get("runningSince")),
+                   f.integer(p.get("runs"), 0, minimum=0))
 
     def to_status(self) -> dict[str, Any]:
         return {"runSeconds": round(self.run_seconds, 3),
                 "runningSince": format_time(self.running_since) if self.running_since else None,
                 "runs": self.runs}
+
+
+MAX_RUN_SECONDS = 10.0 * 365 * 86400   # longer than any job (resolve() bounds durations); keeps timedelta finite
 
 
 @dataclass(frozen=True)
