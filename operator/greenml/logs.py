@@ -22,6 +22,17 @@ def _redact_processor(_logger, _name, event_dict):
     return event_dict
 
 
+# kopf passes its whole OperatorSettings (~2 KB repr) and a skip flag as log "extra" on every
+# per-object line; ExtraAdder would render them into each line. k8s_ref (the object) stays.
+_DROP = ("settings", "k8s_skip")
+
+
+def _drop_processor(_logger, _name, event_dict):
+    for key in _DROP:
+        event_dict.pop(key, None)
+    return event_dict
+
+
 def configure(level: str = "INFO", fmt: str = "json") -> None:
     shared = [
         structlog.contextvars.merge_contextvars,
@@ -39,7 +50,7 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
     )
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
+        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), _drop_processor, *shared],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     ))
     root = logging.getLogger()
