@@ -222,3 +222,33 @@ def test_absurd_durations_are_invalid_not_crashes():
     from greenml.timeutil import parse_duration
     with pytest.raises(ValueError, match="too large"):
         parse_duration("99999999999999999d")
+
+
+def test_running_job_heartbeat_and_a_job_vanished_while_the_operator_was_down():
+    """The operator refreshes progress.lastSeenRunning at most every step while the Job runs;
+    a Job found missing (deleted while the operator was down for hours) is counted as run
+    time only until one step after it was last seen — not until now."""
+    req = resolve(body(interruptible=True), D)
+    start = T0 + timedelta(hours=3)
+    o = decide(req, Progress(), JobObservation(suspended=True), windows((3, 9)), start, D)
+    assert o.action == "start" and o.progress.seen_running == start
+    running = JobObservation(suspended=False)
+    # within one step: no new heartbeat (no status write per tick)
+    o2 = decide(req, o.progress, running, windows((3, 9)), start + timedelta(minutes=10), D)
+    assert o2.progress.seen_running == start
+    # a step later: refreshed
+    o3 = decide(req, o2.progress, running, windows((3, 9)), start + timedelta(minutes=40), D)
+    assert o3.progress.seen_running == start + timedelta(minutes=40)
+    # the Job vanished; the operator comes back 3 h later
+    back = start + timedelta(minutes=40) + timedelta(hours=3)
+    o4 = decide(req, o3.progress, JobObservation(exists=False), windows((3, 9)), back, D)
+    assert o4.action == "create" and o4.progress.running_since is None and o4.progress.seen_running is None
+    assert o4.progress.run_seconds == pytest.approx((40 + 30) * 60)      # seen + one step, not 3 h 40 min
+    assert o4.remaining == timedelta(hours=2) - timedelta(minutes=70)
+    # an old status without the heartbeat: counted one step past the run's start (bounded)
+    legacy = Progress(run_seconds=600.0, running_since=start, runs=1)
+    o5 = decide(req, legacy, JobObservation(exists=False), windows((3, 9)), back, D)
+    assert o5.progress.run_seconds == pytest.approx(600.0 + 30 * 60)
+    # while the operator is up the deletion is noticed within a tick: counted until then
+    o6 = decide(req, o3.progress, JobObservation(exists=False), windows((3, 9)), start + timedelta(minutes=45), D)
+    assert o6.progress.run_seconds == pytest.approx(45 * 60)

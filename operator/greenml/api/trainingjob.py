@@ -71,6 +71,9 @@ class Progress(StatusModel):
     run_seconds: float = 0.0
     running_since: datetime | None = None
     runs: int = 0
+    last_seen_running: datetime | None = Field(
+        default=None, description="When the operator last saw the current run's Job running (refreshed every step); "
+                                  "a Job that vanishes is counted as run time only until one step after this.")
 
 
 class Usage(StatusModel):

@@ -107,10 +107,17 @@ class Progress:
     run_seconds: float = 0.0
     running_since: datetime | None = None
     runs: int = 0
+    seen_running: datetime | None = None     # last time the operator saw the current run's Job (≤ one step old)
 
     def total(self, now: datetime) -> float:
         extra = (now - self.running_since).total_seconds() if self.running_since else 0.0
         return self.run_seconds + max(0.0, extra)
+
+    def closed(self, end: datetime) -> "Progress":
+        """The current run stopped at ``end`` (never before it started)."""
+        if self.running_since is None:
+            return replace(self, seen_running=None)
+        return replace(self, run_seconds=self.total(max(end, self.running_since)), running_since=None, seen_running=None)
 
     @classmethod
     def from_status(cls, status: Mapping[str, Any] | None) -> "Progress":
@@ -119,12 +126,13 @@ class Progress:
         p = f.mapping(f.mapping(status).get("progress"))
         run = f.number(p.get("runSeconds"), 0.0, minimum=0.0)
         return cls(min(run, MAX_RUN_SECONDS), f.time(p.get("runningSince")),
-                   f.integer(p.get("runs"), 0, minimum=0))
+                   f.integer(p.get("runs"), 0, minimum=0), f.time(p.get("lastSeenRunning")))
 
     def to_status(self) -> dict[str, Any]:
         return {"runSeconds": round(self.run_seconds, 3),
                 "runningSince": format_time(self.running_since) if self.running_since else None,
-                "runs": self.runs}
+                "runs": self.runs,
+                "lastSeenRunning": format_time(self.seen_running) if self.seen_running else None}
 
 
 MAX_RUN_SECONDS = 10.0 * 365 * 86400   # longer than any job (resolve() bounds durations); keeps timedelta finite
@@ -400,15 +408,18 @@ def decide(req: JobRequirements, progress: Progress, job: JobObservation,
         return Outcome(action, phase, reason, message, prog, remaining_work(req, prog, now), latest)
 
     if job.exists and (job.succeeded or job.failed):
-        stopped = replace(progress, run_seconds=progress.total(now), running_since=None)
+        stopped = progress.closed(now)
         if job.succeeded:
             return out("none", "Succeeded", "JobSucceeded", f"Job {job_name(req.name)} completed", stopped)
         return out("none", "Failed", "JobFailed", f"Job {job_name(req.name)} failed: {job.failure_message}".rstrip(": "), stopped)
     if not job.exists:
         # Pending until a plan exists; a recreated Job keeps the progress made so far, and
-        # a run whose Job vanished (deleted by someone else) stops counting now: the new
-        # Job is created suspended, so time without a Job is never counted as run time
-        stopped = replace(progress, run_seconds=progress.total(now), running_since=None)
+        # a run whose Job vanished (deleted by someone else) is counted only until one step
+        # after the operator last saw it running — also when the operator was down in
+        # between (else hours without a Job would count as run time and make the job late).
+        # The new Job is created suspended, so time without a Job is never run time.
+        seen = progress.seen_running or progress.running_since or now
+        stopped = progress.closed(min(now, seen + defaults.step))
         phase = "Pending" if windows is None else ("Paused" if stopped.run_seconds > 0 else "Waiting")
         return out("create", phase, "Created", f"creating Job {job_name(req.name)} suspended", stopped)
 
@@ -436,13 +447,15 @@ def decide(req: JobRequirements, progress: Progress, job: JobObservation,
 
     if run and not running:
         first = progress.runs == 0
-        prog = replace(progress, running_since=now, runs=progress.runs + 1)
+        prog = replace(progress, running_since=now, runs=progress.runs + 1, seen_running=now)
         return out("start" if first else "resume", "Running", reason,
                    f"{'starting' if first else 'resuming'}: {why}", prog)
     if not run and running:
-        prog = replace(progress, run_seconds=progress.total(now), running_since=None)
+        prog = progress.closed(now)
         return out("pause", "Paused", reason, f"pausing after {timedelta(seconds=round(current_run))}: {why}", prog)
     if run:
-        return out("none", "Running", reason, why)
+        # a heartbeat in status at most every step: what a vanished Job's run is counted to
+        stale = running and (progress.seen_running is None or now - progress.seen_running >= defaults.step)
+        return out("none", "Running", reason, why, replace(progress, seen_running=now) if stale else progress)
     phase = "Paused" if progress.run_seconds > 0 else "Waiting"
     return out("none", phase, reason, why)
