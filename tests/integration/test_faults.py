@@ -229,6 +229,48 @@ async def test_job_deleted_by_someone_else_is_recreated_with_progress(api, kubec
     assert len(owned_jobs(await api.list(JOBS, NS), "del")) == 1
 
 
+async def test_a_foreign_job_with_the_name_blocks_until_it_is_gone(api, kubeconfig, tmp_path):
+    """A Job not owned by the TrainingJob holds its Job name (e.g. an old one awaiting garbage
+    collection): status says JobNameConflict (not a final Failed), one Warning Event, the
+    foreign Job is never touched — and once it is gone, the operator creates its own."""
+    t0 = grid_start()
+    env = operator_env(tmp_path, kubeconfig, write_intensity(tmp_path / "ci.csv", t0, STEP, [50.0] * 300))
+    foreign = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "clash-run", "namespace": NS},
+               "spec": {"suspend": False, "template": {"spec": {"restartPolicy": "Never",
+                                                                "containers": [{"name": "x", "image": "other:1"}]}}}}
+    await api.create(JOBS, foreign)
+    with run_operator(tmp_path, env) as op:
+        await api.create(TJ, training_job("clash", duration="4s", max_delay="40s"))
+        st = await wait_for("JobNameConflict", lambda: _cond_true(api, "clash", "JobNameConflict"), op=op)
+        assert st["phase"] == "Pending", st
+        await _sleep(1.0)
+        first = [e for e in api.posted_events("clash") if e.get("reason") == "JobNameConflict"]
+        # the create handler and the first tick may both run before the status lands: ≤ 2
+        assert 1 <= len(first) <= 2 and "clash-run" in first[0]["message"], first
+        await _sleep(2.0)                                   # several ticks later: no Event per tick
+        assert len([e for e in api.posted_events("clash") if e.get("reason") == "JobNameConflict"]) == len(first)
+        mine = await job_of(api, "clash")
+        assert mine["spec"]["template"]["spec"]["containers"][0]["image"] == "other:1", "the foreign Job was changed"
+        assert not api.requests_to("patch", "/jobs/clash-run") and not api.requests_to("delete", "/jobs/clash-run")
+        await api.delete(JOBS, NS, "clash-run")
+        job = await wait_for("our own Job", lambda: _owned_job(api, "clash"), timeout=30, op=op)
+        assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "trainer:1"
+        st = await wait_for("the conflict cleared", lambda: _cond_false(api, "clash", "JobNameConflict"), op=op)
+        assert st["phase"] in ("Waiting", "Running"), st
+        assert op.alive()
+
+
+async def _cond_true(api, name, ctype):
+    st = await status_of(api, name)
+    conds = {c["type"]: c for c in st.get("conditions") or []}
+    return st if (conds.get(ctype) or {}).get("status") == "True" else None
+
+
+async def _owned_job(api, name):
+    job = await job_of(api, name)
+    return job if job and (job["metadata"].get("ownerReferences") or [{}])[0].get("name") == name else None
+
+
 # ------------------------------------------------------------------ API faults
 async def test_api_faults_retry_with_backoff_and_other_objects_served(api, kubeconfig, tmp_path):
     """5xx on Job POSTs (committed, reply lost), 500 on status patches, 410/500 on the

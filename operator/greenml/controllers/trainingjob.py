@@ -98,6 +98,26 @@ def reject(body: Mapping[str, Any], status: Mapping[str, Any], patch: kopf.Patch
         post_event(body, True, "InvalidSpec", message)
 
 
+class JobNameTaken(Exception):
+    """A Job with the TrainingJob's Job name exists and is not owned by it."""
+
+
+def name_conflict(body: Mapping[str, Any], status: Mapping[str, Any], patch: kopf.Patch, job: str,
+                  now: datetime, generation: int | None) -> None:
+    """Not final: the other Job may be on its way out (e.g. awaiting garbage collection);
+    every tick looks again, and the condition clears once the name is free."""
+    msg = f"a Job named {job} exists and is not owned by this TrainingJob; waiting for it to go"
+    prev = status.get("conditions")
+    patch.status["phase"] = "Pending"
+    patch.status["conditions"] = merge_conditions(prev, [
+        condition("JobNameConflict", True, "JobNameConflict", msg, now, generation, prev),
+        condition("Ready", False, "JobNameConflict", msg, now, generation, prev)])
+    if (status.get("lastDecision") or {}).get("reason") != "JobNameConflict":
+        patch.status["lastDecision"] = {"time": format_time(now), "action": "none", "reason": "JobNameConflict",
+                                        "message": msg}
+        post_event(body, True, "JobNameConflict", msg)
+
+
 # ------------------------------------------------------------------ reconcile
 async def reconcile(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """One object at a time: kopf runs an object's change handlers and its timer
@@ -134,8 +154,7 @@ async def _reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Pat
         except ApiError as exc:
             raise kopf.TemporaryError(str(exc), delay=10) from None
     if job is not None and not owned_by(job, req):
-        msg = f"a Job named {job_name(name)} exists and is not owned by this TrainingJob"
-        reject(body, status, patch, InvalidSpec("metadata.name", msg), now, generation)
+        name_conflict(body, status, patch, job_name(name), now, generation)
         return
     if job is None and not status.get("jobName"):
         try:
@@ -159,6 +178,9 @@ async def _reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Pat
 
     try:
         await asyncio.to_thread(apply, ctx, req, body, outcome, observed, job)
+    except JobNameTaken:
+        name_conflict(body, status, patch, job_name(name), now, generation)
+        return
     except Transient as exc:
         raise kopf.TemporaryError(str(exc), delay=10) from None
     except ApiError as exc:
@@ -212,7 +234,7 @@ def apply(ctx: Context, req, body: Mapping[str, Any], outcome: Outcome, observed
         except Conflict:
             existing = kube.get_job(req.namespace, name)
             if existing is None or not owned_by(existing, req):
-                raise ApiError(f"Job {req.namespace}/{name} exists and is not owned by this TrainingJob") from None
+                raise JobNameTaken(name) from None
         return
     if not observed.exists or observed.succeeded or observed.failed:
         return
@@ -259,6 +281,9 @@ def write_status(body, status, patch: kopf.Patch, req, outcome: Outcome, plan, f
                                f"latest safe start {format_time(outcome.latest_start)}", now, generation, prev))
     elif any(c.get("type") == "ForecastUnavailable" for c in prev or []):
         conds.append(condition("ForecastUnavailable", False, "ForecastAvailable", "forecast available", now, generation, prev))
+    if any(c.get("type") == "JobNameConflict" and c.get("status") == "True" for c in prev or []):
+        conds.append(condition("JobNameConflict", False, "JobNameFree", f"the Job {job_name(req.name)} is ours",
+                               now, generation, prev))
     ready = outcome.phase not in ("Failed",)
     conds.append(condition("Ready", ready, outcome.reason, outcome.message, now, generation, prev))
     if outcome.reason == "DeadlineForced":
