@@ -233,7 +233,9 @@ async def load_run(n: int, budgets: int = 0, seed: int = 0, timeout_s: float = 1
                         items = await _list(s, tj_url)
                     died = proc.poll() is not None
             finally:
-                stop_process(proc, timeout=20)
+                t_term = time.monotonic()
+                stop_process(proc, timeout=60)
+                exit_s = time.monotonic() - t_term
                 trimmer.cancel()
             count_job_posts(k._requests, posts)
             logs = log_path.read_text(errors="replace")
@@ -254,7 +256,7 @@ async def load_run(n: int, budgets: int = 0, seed: int = 0, timeout_s: float = 1
         "jobs_created": len(jobs), "duplicate_jobs": duplicate_jobs(jobs),
         "job_posts_adopted_on_409": sum(c - 1 for c in posts.values() if c > 1),
         "handler_errors_in_log": logs.count("failed with an exception"),
-        "operator_died": died, "exit_code_on_sigterm": proc.returncode,
+        "operator_died": died, "exit_code_on_sigterm": proc.returncode, "seconds_to_exit_on_sigterm": round(exit_s, 1),
         "phases": phases, "spot_check": spot, "spot_check_first_plans": spot_first,
     }
 

@@ -20,7 +20,7 @@ import numpy as np
 from greenml.controllers.context import Context
 from greenml.controllers.operator import metrics_of
 from greenml.controllers.trainingjob import TICK, condition, merge_conditions, observed_reconcile, post_event, reject
-from greenml.kube import ApiError, Transient
+from greenml.kube import ApiError, Conflict, Transient
 from greenml.services import inferencebudget as svc
 from greenml.services.trainingjob import InvalidSpec
 from greenml.signals.base import SignalError
@@ -51,9 +51,16 @@ def read_signals(ctx: Context, zone: str, spec, model, deployment: Mapping[str, 
         source = f"{series.source}{' (estimate)' if series.estimate else ''}"
         link = series.meta.get("link") if isinstance(series.meta, dict) else None
         if link and link not in ("provider", "primary"):
-            degraded = f"Fallback:{link}"
+            failed = series.meta.get("fallback") or []
+            # the failing link's reason (as TrainingJobs report it), and who served after what
+            degraded = failed[0]["reason"] if failed else f"Fallback:{link}"
+            if failed:
+                source += f" via the {link} link after: " + "; ".join(f"{f['link']}: {f['reason']}" for f in failed)
     except SignalError as exc:
-        forecast, current, source, degraded = None, None, "none", exc.reason
+        failed = getattr(exc, "failures", None) or []
+        # the provider's reason, not the last link's (the embedded profile's UnknownZone)
+        forecast, current, source = None, None, f"none: {exc}"
+        degraded = failed[0]["reason"] if failed else exc.reason
     replicas_now = int((deployment.get("spec") or {}).get("replicas") or model.min_replicas)
     load, load_source = None, "assumed: current replicas at full capacity (no spec.loadQuery)"
     if spec.load_query and ctx.settings.prometheus_url:
@@ -69,6 +76,27 @@ def read_signals(ctx: Context, zone: str, spec, model, deployment: Mapping[str, 
         idx = model.index(active) if active else 0
         load = replicas_now * model.variants[idx if idx is not None else 0].capacity_rps
     return svc.Signals(current, forecast, load, np.full(n, load), source, load_source, degraded)
+
+
+def _uid(body: Mapping[str, Any]) -> Any:
+    meta = body.get("metadata", {})
+    return meta.get("uid") or (meta.get("namespace"), meta.get("name"))
+
+
+async def serialized_reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, memo: kopf.Memo,
+                               **kwargs: Any) -> None:
+    """One reconcile at a time per object, on the freshest status. kopf runs the change
+    handlers and the timer concurrently and writes a handler's status only after it
+    returns: without this, the timer decides again on the status being replaced (a second
+    apply and a duplicate Switch Event for every first decision)."""
+    extras = memo.ctx.extras
+    key = _uid(body)
+    lock = extras.setdefault("ib_locks", {}).setdefault(key, asyncio.Lock())
+    async with lock:
+        written = extras.setdefault("ib_status", {}).get(key)
+        fresh = {**dict(status or {}), **(written or {})}   # only this operator writes this status
+        await reconcile(body=body, status=fresh, patch=patch, memo=memo, **kwargs)
+        extras["ib_status"][key] = {**fresh, **dict(patch.status)}
 
 
 async def reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, memo: kopf.Memo,
@@ -110,15 +138,25 @@ async def reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patc
     hpa = None
     for item in greenml_hpas.get((ns, target), []):
         hpa = item
+    body_ = svc.deployment_apply_body(ns, target, spec, d.variant, None if hpa else d.replicas)
+    # drift: the fields the operator applied were changed (or the Deployment recreated) by
+    # someone else. Compared with what the server stored after the last apply (its
+    # normalised form), else with the body itself (after a restart).
+    applied = ctx.extras.setdefault("ib_applied", {})
+    seen = svc.applied_fields(deployment, body_)
+    drifted = seen != applied.get(_uid(body), body_)
     try:
-        if outcome.switched or status.get("observedGeneration") != generation:
-            body_ = svc.deployment_apply_body(ns, target, spec, d.variant, None if hpa else d.replicas)
-            await asyncio.to_thread(ctx.kube.apply, "apps/v1", "deployments", ns, target, body_)
+        if outcome.switched or status.get("observedGeneration") != generation or drifted:
+            stored = await asyncio.to_thread(ctx.kube.apply, "apps/v1", "deployments", ns, target, body_)
+            applied[_uid(body)] = svc.applied_fields(stored, body_) if (stored or {}).get("spec") else body_
             if hpa:
                 cap = d.replicas if d.throttled else model.max_replicas
                 await asyncio.to_thread(ctx.kube.apply, "autoscaling/v2", "horizontalpodautoscalers", ns, hpa,
                                         svc.hpa_apply_body(ns, hpa, cap))
-    except Transient as exc:
+            if drifted and not outcome.switched and status.get("observedGeneration") == generation:
+                post_event(body, True, "TargetDrifted", f"Deployment {target} no longer carried variant {d.variant} "
+                                                        "(changed or recreated by someone else): re-applied")
+    except (Transient, Conflict) as exc:   # a conflict is resolved by trying again on fresh state
         raise kopf.TemporaryError(str(exc), delay=10) from None
     except ApiError as exc:
         raise kopf.TemporaryError(f"{exc} (will retry)", delay=60) from None
@@ -160,15 +198,17 @@ def record_budget(ctx: Context, ns: str, name: str, model, outcome: svc.BudgetOu
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE, field="spec")
 async def on_change(**kwargs: Any) -> None:
-    await observed_reconcile(kwargs, "InferenceBudget", reconcile)
+    await observed_reconcile(kwargs, "InferenceBudget", serialized_reconcile)
 
 
 @kopf.timer(*RESOURCE, interval=TICK, initial_delay=TICK)
 async def on_tick(**kwargs: Any) -> None:
-    await observed_reconcile(kwargs, "InferenceBudget", reconcile)
+    await observed_reconcile(kwargs, "InferenceBudget", serialized_reconcile)
 
 
 @kopf.on.delete(*RESOURCE, optional=True)
 async def on_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     meta = body.get("metadata", {})
     metrics_of(memo.ctx).forget(meta.get("namespace", ""), meta.get("name", ""), "InferenceBudget")
+    for memory in ("ib_locks", "ib_status", "ib_applied"):
+        memo.ctx.extras.get(memory, {}).pop(_uid(body), None)

@@ -74,19 +74,26 @@ def parse_spec(body: Mapping[str, Any]) -> tuple[InferenceBudgetSpec, core.Budge
 
 
 def state_from_status(status: Mapping[str, Any] | None) -> tuple[core.BudgetState | None, datetime | None]:
-    st = status or {}
-    spend = st.get("spend") or {}
-    if not spend.get("periodStart") or not spend.get("periodEnd"):
+    """The budget's state as last written (None without a readable period). Junk in a field
+    reads as that field absent (services/status_fields.py), so a corrupted status costs at
+    most what it lost, never a stuck object."""
+    from greenml.services import status_fields as f
+
+    st = f.mapping(status)
+    spend = f.mapping(st.get("spend"))
+    start, end = f.time(spend.get("periodStart")), f.time(spend.get("periodEnd"))
+    if start is None or end is None or end <= start:
         return None, None
-    t = lambda v: parse_time(v) if v else None  # noqa: E731
+    active = st.get("activeVariant") if isinstance(st.get("activeVariant"), str) else None
     state = core.BudgetState(
-        period_start=parse_time(spend["periodStart"]), period_end=parse_time(spend["periodEnd"]),
-        grams_spent=float(spend.get("grams") or 0.0), kwh_spent=float(spend.get("energyKwh") or 0.0),
-        active_variant=st.get("activeVariant"), replicas=st.get("replicas"),
-        switched_at=t(st.get("switchedAt")),
-        carbon_price=None if st.get("carbonPrice") is None else float(st["carbonPrice"]),
+        period_start=start, period_end=end,
+        grams_spent=f.number(spend.get("grams"), 0.0, minimum=0.0),
+        kwh_spent=f.number(spend.get("energyKwh"), 0.0, minimum=0.0),
+        active_variant=active, replicas=f.integer(st.get("replicas"), None, minimum=0),
+        switched_at=f.time(st.get("switchedAt")),
+        carbon_price=f.number(st.get("carbonPrice")),
     )
-    return state, t(spend.get("accountedUntil"))
+    return state, f.time(spend.get("accountedUntil"))
 
 
 def spend_since(model: core.BudgetModel, state: core.BudgetState, seconds: float, intensity: float,
@@ -106,10 +113,13 @@ def reconcile(spec: InferenceBudgetSpec, model: core.BudgetModel, status: Mappin
               max_gap: timedelta = timedelta(minutes=30)) -> BudgetOutcome:
     """One decision: account the spend since the last reconcile, roll the period, decide."""
     previous, accounted_until = state_from_status(status)
+    # status holds whole seconds (format_time): charge up to the mark it can hold, or every
+    # reconcile would charge the truncated fraction again (~1.7 % at a 30 s tick)
+    mark = now.replace(microsecond=0)
     if previous is not None and accounted_until is not None and signals.intensity_now is not None:
         # time the operator was away is accounted at the current rate, capped: beyond
         # max_gap the spend is unknown (measured energy, where configured, covers it)
-        seconds = min((now - accounted_until).total_seconds(), max_gap.total_seconds())
+        seconds = min((mark - accounted_until).total_seconds(), max_gap.total_seconds())
         grams, kwh = spend_since(model, previous, seconds, signals.intensity_now, signals.load_now)
         previous = previous.account(grams, kwh)
     state = core.new_state(model, now, previous)
@@ -130,7 +140,10 @@ def reconcile(spec: InferenceBudgetSpec, model: core.BudgetModel, status: Mappin
                                signals.intensity_now, signals.load_now)
     switched = decision.variant != state.active_variant or decision.replicas != state.replicas
     new = state.applied(decision, now)
-    return BudgetOutcome(decision, new, now, switched, _phase(decision), _conditions(model, decision, new, signals))
+    # without an intensity nothing was charged: keep the mark, so the time served during the
+    # signal loss is charged (at the intensity seen next, up to max_gap) once it returns
+    accounted = mark if signals.intensity_now is not None or accounted_until is None else accounted_until
+    return BudgetOutcome(decision, new, accounted, switched, _phase(decision), _conditions(model, decision, new, signals))
 
 
 def _phase(d: core.VariantDecision) -> str:
@@ -181,6 +194,19 @@ def deployment_apply_body(namespace: str, name: str, spec: InferenceBudgetSpec, 
         body.setdefault("spec", {})
         body["spec"] = {**body["spec"], "replicas": int(replicas)}
     return body
+
+
+def applied_fields(live: Any, want: Any) -> Any:
+    """The live object's values at the paths an apply body names (lists of named items,
+    such as containers, matched by name: how server-side apply merges them). Equal to
+    ``want`` when the live object carries everything the body sets."""
+    if isinstance(want, Mapping):
+        live = live if isinstance(live, Mapping) else {}
+        return {k: applied_fields(live.get(k), v) for k, v in want.items()}
+    if isinstance(want, list) and want and all(isinstance(w, Mapping) and "name" in w for w in want):
+        by_name = {x.get("name"): x for x in live if isinstance(x, Mapping)} if isinstance(live, list) else {}
+        return [applied_fields(by_name.get(w["name"]), w) for w in want]
+    return live
 
 
 def hpa_apply_body(namespace: str, name: str, max_replicas: int) -> dict[str, Any]:
