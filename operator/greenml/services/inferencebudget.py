@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from greenml.api.inferencebudget import InferenceBudgetSpec
 from greenml.planning import inference as core
 from greenml.services.trainingjob import InvalidSpec
-from greenml.timeutil import format_time, parse_time
+from greenml.timeutil import format_time
 
 
 @dataclass(frozen=True)
