@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     server_lifetime_years: float | None = Field(default=None, gt=0)
     gpus_per_server: int | None = Field(default=None, ge=1)
 
+    forecast_ttl: float = Field(default=300.0, ge=0, le=86400,
+                                description="seconds a provider forecast is reused per zone (fewer provider calls; "
+                                            "an outage is noticed after at most this)")
+
     # operator
     namespace: str | None = Field(default=None, description="watch one namespace; None: all")
     health_port: int = Field(default=8080, ge=1, le=65535)

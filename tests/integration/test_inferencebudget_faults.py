@@ -164,7 +164,7 @@ async def test_signal_loss_fail_closed_keeps_the_variant_then_recovers(api, kube
     the provider's reason (the chain in its message); provider requests bounded (per
     0.5 s tick: one forecast + one history call, each tried ≤ 3× with backoff on 5xx);
     spend held, then charged; the provider back → SignalsDegraded False, phase Active."""
-    with run_operator(tmp_path, provider_env(tmp_path, kubeconfig, provider)) as op:
+    with run_operator(tmp_path, provider_env(tmp_path, kubeconfig, provider, forecast_ttl="1")) as op:
         before = await _healthy_start(api, op, "fc", "fc-dep", on_signal_loss="failClosed")
         n_applies, n_switches = len(applies(api, "/deployments/fc-dep")), len(switch_events(api, "fc"))
 
@@ -229,7 +229,7 @@ async def test_signal_loss_fail_cheap_switches_to_the_cheapest_variant_above_the
     efficient variant at/above the floor (``tiny`` is cheaper but below it), held while
     the loss lasts (no flapping, bounded provider requests); the signal back →
     SignalsDegraded clears and the pacer returns to ``full`` (huge budget, minDwell 1 s)."""
-    with run_operator(tmp_path, provider_env(tmp_path, kubeconfig, provider)) as op:
+    with run_operator(tmp_path, provider_env(tmp_path, kubeconfig, provider, forecast_ttl="1")) as op:
         await _healthy_start(api, op, "cheap", "cheap-dep", on_signal_loss="failCheap")
         n_applies = len(applies(api, "/deployments/cheap-dep"))
 
@@ -271,7 +271,7 @@ async def test_provider_down_but_fallback_serves_is_degraded_not_lost(api, kubec
     """Zone DE: the provider 500s but the embedded profile knows DE → the budget is still
     paced (on the embedded forecast), failCheap does *not* fire, SignalsDegraded says the
     provider's reason and which link served; the provider back → cleared."""
-    with run_operator(tmp_path, provider_env(tmp_path, kubeconfig, provider)) as op:
+    with run_operator(tmp_path, provider_env(tmp_path, kubeconfig, provider, forecast_ttl="1")) as op:
         await _healthy_start(api, op, "served", "served-dep", zone="DE", on_signal_loss="failCheap")
         n_applies = len(applies(api, "/deployments/served-dep"))
         provider.mode = "500"

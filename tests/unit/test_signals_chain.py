@@ -65,6 +65,27 @@ def test_provider_serves_when_healthy():
     assert f.meta["link"] == "provider" and f.meta["fallback"] == [] and f.source == "fake"
 
 
+def test_forecast_cache_serves_shrinking_horizons_without_calling_the_provider():
+    """A budget asks for a forecast to its period's end: a new horizon every tick. One provider
+    call per zone per TTL serves them all; a longer horizon, or the TTL's end, fetches again."""
+    clock, s = FakeClock(), daily_series(30)
+    prov = Failing(None, s)
+    chain = FallbackChain(prov, clock=clock)
+    for i in range(10):                                   # 10 ticks, 30 s apart, horizon shrinking
+        now = NOW + timedelta(seconds=30 * i)
+        f = chain.forecast("DE", now, timedelta(hours=6) - timedelta(seconds=30 * i))
+        assert f.meta["link"] == "provider"
+        clock.t += 30
+    assert prov.calls == 1
+    chain.forecast("DE", NOW + timedelta(minutes=5), timedelta(hours=12))   # longer than cached
+    assert prov.calls == 2
+    chain.forecast("GB", NOW + timedelta(minutes=5), timedelta(hours=1))    # another zone
+    assert prov.calls == 3
+    clock.t += chain.policy.forecast_ttl + 1
+    chain.forecast("DE", NOW + timedelta(minutes=11), timedelta(hours=1))   # TTL over
+    assert prov.calls == 4
+
+
 @pytest.mark.parametrize("reason", ["Timeout", "Unauthorized", "RateLimited", "ServerError", "Malformed"])
 def test_forecast_falls_back_to_own_forecaster_with_reason(reason):
     chain = FallbackChain(Failing(reason, daily_series(), history_ok=True))

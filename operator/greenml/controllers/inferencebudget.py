@@ -19,7 +19,9 @@ import numpy as np
 
 from greenml.controllers.context import Context
 from greenml.controllers.operator import metrics_of
-from greenml.controllers.trainingjob import TICK, condition, merge_conditions, observed_reconcile, post_event, reject
+from greenml.controllers.trainingjob import (
+    TICK, condition, forget_object, merge_conditions, observed_reconcile, post_event, reject,
+)
 from greenml.kube import ApiError, Conflict, Transient
 from greenml.services import inferencebudget as svc
 from greenml.services.trainingjob import InvalidSpec
@@ -81,22 +83,6 @@ def read_signals(ctx: Context, zone: str, spec, model, deployment: Mapping[str, 
 def _uid(body: Mapping[str, Any]) -> Any:
     meta = body.get("metadata", {})
     return meta.get("uid") or (meta.get("namespace"), meta.get("name"))
-
-
-async def serialized_reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, memo: kopf.Memo,
-                               **kwargs: Any) -> None:
-    """One reconcile at a time per object, on the freshest status. kopf runs the change
-    handlers and the timer concurrently and writes a handler's status only after it
-    returns: without this, the timer decides again on the status being replaced (a second
-    apply and a duplicate Switch Event for every first decision)."""
-    extras = memo.ctx.extras
-    key = _uid(body)
-    lock = extras.setdefault("ib_locks", {}).setdefault(key, asyncio.Lock())
-    async with lock:
-        written = extras.setdefault("ib_status", {}).get(key)
-        fresh = {**dict(status or {}), **(written or {})}   # only this operator writes this status
-        await reconcile(body=body, status=fresh, patch=patch, memo=memo, **kwargs)
-        extras["ib_status"][key] = {**fresh, **dict(patch.status)}
 
 
 async def reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, memo: kopf.Memo,
@@ -198,17 +184,17 @@ def record_budget(ctx: Context, ns: str, name: str, model, outcome: svc.BudgetOu
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE, field="spec")
 async def on_change(**kwargs: Any) -> None:
-    await observed_reconcile(kwargs, "InferenceBudget", serialized_reconcile)
+    await observed_reconcile(kwargs, "InferenceBudget", reconcile)
 
 
 @kopf.timer(*RESOURCE, interval=TICK, initial_delay=TICK)
 async def on_tick(**kwargs: Any) -> None:
-    await observed_reconcile(kwargs, "InferenceBudget", serialized_reconcile)
+    await observed_reconcile(kwargs, "InferenceBudget", reconcile)
 
 
 @kopf.on.delete(*RESOURCE, optional=True)
 async def on_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     meta = body.get("metadata", {})
     metrics_of(memo.ctx).forget(meta.get("namespace", ""), meta.get("name", ""), "InferenceBudget")
-    for memory in ("ib_locks", "ib_status", "ib_applied"):
-        memo.ctx.extras.get(memory, {}).pop(_uid(body), None)
+    memo.ctx.extras.get("ib_applied", {}).pop(_uid(body), None)
+    forget_object(memo.ctx, "InferenceBudget", body)

@@ -7,6 +7,7 @@ name + adoption on 409) and still meets the deadline.
 from __future__ import annotations
 
 import asyncio
+import time
 import re
 import logging
 from dataclasses import replace
@@ -119,14 +120,41 @@ def name_conflict(body: Mapping[str, Any], status: Mapping[str, Any], patch: kop
 
 
 # ------------------------------------------------------------------ reconcile
-async def reconcile(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    """One object at a time: kopf runs an object's change handlers and its timer
-    concurrently, and two interleaved reconciles would both create the Job."""
+WRITTEN_TTL = 60.0   # seconds the last written status bridges the watch's lag
+
+
+def object_key(kind: str, body: Mapping[str, Any]) -> tuple[str, str, str]:
     meta = body.get("metadata", {})
-    locks = memo.ctx.extras.setdefault("locks", {})
-    lock = locks.setdefault((meta.get("namespace"), meta.get("name")), asyncio.Lock())
+    return kind, meta.get("namespace") or "", meta.get("name") or ""
+
+
+async def serialized(kind: str, fn, body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch,
+                     memo: kopf.Memo, **kwargs: Any) -> None:
+    """One reconcile at a time per object, on the freshest status.
+
+    kopf runs an object's change handlers and its timer concurrently, and hands each the
+    status of the body it was triggered by; it writes a handler's status only after the
+    handler returns. Two interleaved reconciles would both create the Job, and one started
+    on a stale snapshot would decide on old progress and drop conditions written meanwhile
+    (a SignalsDegraded that then never cleared). So: a lock per object, and the status this
+    operator last wrote laid over the snapshot for as long as the watch may lag behind it
+    (only this operator writes status; a peer taking over waits longer than the TTL).
+    """
+    extras = memo.ctx.extras
+    key = object_key(kind, body)
+    lock = extras.setdefault("locks", {}).setdefault(key, asyncio.Lock())
     async with lock:
-        await _reconcile(body=body, memo=memo, **kwargs)
+        written = extras.setdefault("written", {}).get(key)
+        fresh = dict(status or {})
+        if written is not None and time.monotonic() - written[0] < WRITTEN_TTL:
+            fresh.update(written[1])
+        await fn(body=body, status=fresh, patch=patch, memo=memo, **kwargs)
+        extras["written"][key] = (time.monotonic(), {**fresh, **dict(patch.status)})
+
+
+def forget_object(ctx: Context, kind: str, body: Mapping[str, Any]) -> None:
+    for table in ("locks", "written"):
+        ctx.extras.get(table, {}).pop(object_key(kind, body), None)
 
 
 async def _reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, memo: kopf.Memo,
@@ -340,10 +368,11 @@ async def on_tick(**kwargs: Any) -> None:
 
 
 async def observed_reconcile(kwargs: dict[str, Any], kind: str = "TrainingJob", fn=None) -> None:
-    """A kind's reconcile, timed, then its decision and phase recorded in the metrics."""
+    """A kind's reconcile, serialized per object and timed; then its decision and phase
+    recorded in the metrics."""
     metrics = metrics_of(kwargs["memo"].ctx)
     with metrics.reconcile_timer(kind):
-        await (fn or reconcile)(**kwargs)
+        await serialized(kind, fn or _reconcile, **kwargs)
     meta = kwargs["body"].get("metadata", {})
     record_decision(metrics, kind, meta.get("namespace", ""), meta.get("name", ""), kwargs["patch"].status)
 
@@ -355,8 +384,9 @@ async def on_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     meta = body.get("metadata", {})
     key = (meta.get("namespace"), meta.get("name"))
     ctx.board.forget(key)
-    for table in ("locks", "created", "measured"):
+    for table in ("created", "measured"):
         ctx.extras.get(table, {}).pop(key, None)
+    forget_object(ctx, "TrainingJob", body)
     metrics_of(ctx).forget(meta.get("namespace", ""), meta.get("name", ""), "TrainingJob")
     try:
         await asyncio.to_thread(ctx.kube.delete_job, meta.get("namespace"), job_name(meta.get("name")))

@@ -54,7 +54,8 @@ def build_provider(settings: "Settings") -> CarbonSource | None:
     raise SignalError(f"settings: unknown provider {p!r}", reason="Misconfigured")
 
 
-def build_source(settings: "Settings", *, policy: ChainPolicy = ChainPolicy()) -> FallbackChain:
+def build_source(settings: "Settings", *, policy: ChainPolicy | None = None) -> FallbackChain:
     """The operator's CarbonSource: ``build_provider(settings)`` inside a FallbackChain
     that ends at the embedded profile."""
+    policy = policy or ChainPolicy(forecast_ttl=settings.forecast_ttl)
     return FallbackChain(build_provider(settings), fallback=EmbeddedSource(), policy=policy)

@@ -58,7 +58,8 @@ class FallbackChain:
         self.policy = policy
         self._forecast = forecaster
         self._history_cache: TTLCache[IntensitySeries] = TTLCache(policy.history_ttl, clock=clock)
-        self._forecast_cache: TTLCache[IntensitySeries] = TTLCache(policy.forecast_ttl, clock=clock)
+        # by zone: (the forecast, the horizon it was asked for)
+        self._forecast_cache: TTLCache[tuple[IntensitySeries, timedelta]] = TTLCache(policy.forecast_ttl, clock=clock)
         self.name = f"chain({primary.name if primary else 'none'}>{self.fallback.name})"
 
     def __repr__(self) -> str:
@@ -134,10 +135,12 @@ class FallbackChain:
 
     def _provider_forecast(self, zone: str, now: datetime, horizon: timedelta) -> IntensitySeries:
         assert self.primary is not None
-        key = (zone, horizon)
-        cached = self._forecast_cache.get(key)
-        if cached is not None and cached.start <= now < cached.end:
-            return cached
+        # keyed by zone, not by horizon: callers ask for different, moving horizons (a budget
+        # to its period's end), and a key per horizon would call the provider every time.
+        # A forecast fetched for at least this horizon serves until the TTL ends.
+        cached = self._forecast_cache.get(zone)
+        if cached is not None and cached[1] >= horizon and cached[0].start <= now < cached[0].end:
+            return cached[0]
         s = self.primary.forecast(zone, now, horizon)
         if len(s) == 0:
             raise SignalError(f"{self.primary.name}: empty forecast for {zone}", reason="Malformed")
@@ -147,5 +150,5 @@ class FallbackChain:
                               f"{self.policy.forecast_max_age}", reason="Stale")
         if s.end <= now:
             raise SignalError(f"{self.primary.name}: forecast ends {s.end.isoformat()}, before now", reason="Stale")
-        self._forecast_cache.put(key, s)
+        self._forecast_cache.put(zone, (s, horizon))
         return s
