@@ -435,8 +435,6 @@ def provider_env(tmp_path, kubeconfig, provider: FakeProvider, token: str = "tok
     return env
 
 
-# timing-sensitive (2 s replans, provider recovery seen through status); retried, see closing note
-@pytest.mark.flaky(reruns=2)
 @pytest.mark.parametrize("outage", ["500", "malformed"])
 async def test_provider_outage_falls_back_and_recovers(api, kubeconfig, tmp_path, provider, outage):
     """Provider down → the plan comes from the fallback chain and status names the source;
