@@ -187,22 +187,30 @@ async def test_bad_objects_fail_with_invalid_spec_and_others_are_served(api, kub
         for name, (path, value, _) in BAD.items():
             await api.create(TJ, mutate(training_job(name), path, value))
         await api.create(TJ, training_job("good"))
-        for name, (_, _, field) in BAD.items():
-            st_ = await wait_for(f"{name} → Failed", lambda n=name: _failed(api, n), op=op)
-            cond = {c["type"]: c for c in st_["conditions"]}["InvalidSpec"]
-            assert cond["status"] == "True" and field in cond["message"], (name, cond)
+        async def no_job(name, _status):
             assert await job_of(api, name) is None
-            events = await wait_for(f"{name} event", lambda n=name: api.posted_events(n), op=op)
-            assert any(e.get("reason") == "InvalidSpec" and field in e.get("message", "") for e in events), events
+
+        await expect_rejected(api, op, BAD, status_of, no_job)
         await wait_for("the valid object planned", lambda: _planned(api, "good"), op=op)
         assert op.alive()
-        # kopf logs an unexpected handler exception as "failed with an exception"
-        assert "failed with an exception" not in op.logs(), op.logs()[-3000:]
 
 
-async def _failed(api, name):
-    s = await status_of(api, name)
-    return s if s.get("phase") == "Failed" else None
+async def expect_rejected(api, op, bad: dict, status_of, left_nothing) -> None:
+    """Each bad object: phase Failed, an InvalidSpec condition and a Warning Event naming its
+    field, ``left_nothing(name, status)`` holds; and no handler exception in the log."""
+    async def failed(name):
+        s = await status_of(api, name)
+        return s if s.get("phase") == "Failed" else None
+
+    for name, (_, _, field) in bad.items():
+        st_ = await wait_for(f"{name} → Failed", lambda n=name: failed(n), op=op)
+        cond = {c["type"]: c for c in st_["conditions"]}["InvalidSpec"]
+        assert cond["status"] == "True" and field in cond["message"], (name, cond)
+        await left_nothing(name, st_)
+        events = await wait_for(f"{name} event", lambda n=name: api.posted_events(n), op=op)
+        assert any(e.get("reason") == "InvalidSpec" and field in e.get("message", "") for e in events), events
+    # kopf logs an unexpected handler exception as "failed with an exception"
+    assert "failed with an exception" not in op.logs(), op.logs()[-3000:]
 
 
 async def _planned(api, name):
