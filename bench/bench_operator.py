@@ -378,14 +378,15 @@ def year_under_faults() -> dict[str, Any] | None:
 def markdown(loads: list[dict], year: dict | None) -> str:
     rows = ["| TrainingJobs | planned | s to plan all | operator CPU s | peak RSS MiB | Jobs | duplicate Jobs | "
             "POSTs adopted on 409 | handler errors | first plans: grams within 1 % of offline | "
-            "one tick later: same windows / grams within 1 % |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "one tick later: same windows / grams within 1 % | s to exit on SIGTERM |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in loads:
         first, tick = r["spot_check_first_plans"], r["spot_check"]
         rows.append(f"| {r['trainingjobs']} | {r['planned']} | {r['seconds_to_plan_all']} | {r['operator_cpu_seconds']} | "
                     f"{r['operator_peak_rss_mib']} | {r['jobs_created']} | {r['duplicate_jobs']} | {r['job_posts_adopted_on_409']} | "
                     f"{r['handler_errors_in_log']} | {first['grams_within_1pct']}/{first['checked']} "
                     f"(worst +{first['worst_grams_gap_percent']} %) | {tick['same_windows']} / {tick['grams_within_1pct']} "
-                    f"of {tick['checked']} (worst +{tick['worst_grams_gap_percent']} %) |")
+                    f"of {tick['checked']} (worst +{tick['worst_grams_gap_percent']} %) | {r.get('seconds_to_exit_on_sigterm')} |")
     text = "# Operator footprint (benchmark 4)\n\n" + "\n".join(rows) + "\n"
     ib = [r for r in loads if r["inference_budgets"]]
     if ib:
@@ -425,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     _common.write_result("operator_footprint", payload, markdown(loads, None))
     rel = {"year_under_faults": year,
            "load_runs": [{k: r[k] for k in ("trainingjobs", "planned", "inference_budgets", "budgets_decided", "duplicate_jobs", "job_posts_adopted_on_409", "handler_errors_in_log",
-                                            "operator_died")} for r in loads],
+                                            "operator_died", "seconds_to_exit_on_sigterm")} for r in loads],
            "fault_suite": "tests/integration/test_faults.py (SIGKILL x3 points, deleted Job, 5xx/410/drop/stall, "
                           "provider 500/malformed/unknown zone) — pass/fail in CI"}
     _common.write_result("reliability", rel, markdown(loads, year))
