@@ -228,8 +228,13 @@ async def load_run(n: int, budgets: int = 0, seed: int = 0, timeout_s: float = 1
                     # _fill_in, starting up to one slot late); each object's next tick re-plans it
                     # in full. Spot-check both the first plans and the plans one tick later.
                     first_items = items
-                    if planned >= n:
+                    steady = None
+                    if planned >= n and proc.poll() is None:
+                        # the same wait measures the steady state: every object ticks once in it
+                        c0, w0 = proc_cpu_seconds(proc.pid), time.monotonic()
                         await asyncio.sleep(TICK_S + 15)
+                        if proc.poll() is None:
+                            steady = round(100.0 * (proc_cpu_seconds(proc.pid) - c0) / (time.monotonic() - w0), 1)
                         items = await _list(s, tj_url)
                     died = proc.poll() is not None
             finally:
@@ -252,7 +257,7 @@ async def load_run(n: int, budgets: int = 0, seed: int = 0, timeout_s: float = 1
         "inference_budgets": budgets, "budgets_decided": decided,
         "seconds_to_decide_all_budgets": round(all_decided_s, 2) if all_decided_s is not None else None,
         "budget_spot_check": ib_spot,
-        "operator_cpu_seconds": round(cpu, 2), "operator_peak_rss_mib": round(rss, 1),
+        "operator_cpu_seconds": round(cpu, 2), "steady_state_cpu_percent": steady, "operator_peak_rss_mib": round(rss, 1),
         "jobs_created": len(jobs), "duplicate_jobs": duplicate_jobs(jobs),
         "job_posts_adopted_on_409": sum(c - 1 for c in posts.values() if c > 1),
         "handler_errors_in_log": logs.count("failed with an exception"),
@@ -378,15 +383,15 @@ def year_under_faults() -> dict[str, Any] | None:
 def markdown(loads: list[dict], year: dict | None) -> str:
     rows = ["| TrainingJobs | planned | s to plan all | operator CPU s | peak RSS MiB | Jobs | duplicate Jobs | "
             "POSTs adopted on 409 | handler errors | first plans: grams within 1 % of offline | "
-            "one tick later: same windows / grams within 1 % | s to exit on SIGTERM |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "one tick later: same windows / grams within 1 % | s to exit on SIGTERM | steady-state CPU % (tick 60 s) |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in loads:
         first, tick = r["spot_check_first_plans"], r["spot_check"]
         rows.append(f"| {r['trainingjobs']} | {r['planned']} | {r['seconds_to_plan_all']} | {r['operator_cpu_seconds']} | "
                     f"{r['operator_peak_rss_mib']} | {r['jobs_created']} | {r['duplicate_jobs']} | {r['job_posts_adopted_on_409']} | "
                     f"{r['handler_errors_in_log']} | {first['grams_within_1pct']}/{first['checked']} "
                     f"(worst +{first['worst_grams_gap_percent']} %) | {tick['same_windows']} / {tick['grams_within_1pct']} "
-                    f"of {tick['checked']} (worst +{tick['worst_grams_gap_percent']} %) | {r.get('seconds_to_exit_on_sigterm')} |")
+                    f"of {tick['checked']} (worst +{tick['worst_grams_gap_percent']} %) | {r.get('seconds_to_exit_on_sigterm')} | {r.get('steady_state_cpu_percent')} |")
     text = "# Operator footprint (benchmark 4)\n\n" + "\n".join(rows) + "\n"
     ib = [r for r in loads if r["inference_budgets"]]
     if ib:
