@@ -81,14 +81,23 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     log.info("greenml operator started", extra={"provider": ours.provider, "zone": ours.default_zone})
 
 
+def _once(ctx: Context, key: str, make):
+    """ctx.extras[key], made on first use (not ``setdefault(key, make())``, which would build
+    — and throw away — a new one on every call: a whole Prometheus registry per reconcile)."""
+    value = ctx.extras.get(key)
+    if value is None:
+        value = ctx.extras[key] = make()
+    return value
+
+
 def metrics_of(ctx: Context) -> Metrics:
     """The operator's metrics (one registry per context)."""
-    return ctx.extras.setdefault("metrics", Metrics())
+    return _once(ctx, "metrics", Metrics)
 
 
 def accounting_of(ctx: Context) -> AccountingPolicy:
     """How usage is accounted (PUE, embodied hardware, WUE, intensity kind)."""
-    return ctx.extras.setdefault("accounting", AccountingPolicy())
+    return _once(ctx, "accounting", AccountingPolicy)
 
 
 def serve_metrics(ctx: Context) -> None:
