@@ -144,12 +144,20 @@ async def serialized(kind: str, fn, body: kopf.Body, status: Mapping[str, Any], 
     key = object_key(kind, body)
     lock = extras.setdefault("locks", {}).setdefault(key, asyncio.Lock())
     async with lock:
-        written = extras.setdefault("written", {}).get(key)
+        pending = extras.setdefault("written", {})
         fresh = dict(status or {})
-        if written is not None and time.monotonic() - written[0] < WRITTEN_TTL:
-            fresh.update(written[1])
+        written = pending.get(key)
+        if written is not None:
+            if time.monotonic() - written[0] >= WRITTEN_TTL or all(fresh.get(k) == v for k, v in written[1].items()):
+                written = None              # the watch caught up (or too old to trust): forget it
+                pending.pop(key, None)
+            else:
+                fresh.update(written[1])
         await fn(body=body, status=fresh, patch=patch, memo=memo, **kwargs)
-        extras["written"][key] = (time.monotonic(), {**fresh, **dict(patch.status)})
+        # remember only what this write changes (steady-state ticks change little or nothing)
+        changed = {k: v for k, v in dict(patch.status).items() if fresh.get(k) != v}
+        if changed:
+            pending[key] = (time.monotonic(), {**(written[1] if written else {}), **changed})
 
 
 def forget_object(ctx: Context, kind: str, body: Mapping[str, Any]) -> None:
