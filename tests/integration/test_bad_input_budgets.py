@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from greenml.services import inferencebudget as svc
@@ -122,6 +122,7 @@ STATUS_PATHS = [("activeVariant",), ("replicas",), ("switchedAt",), ("carbonPric
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(edits=st.lists(st.tuples(st.sampled_from(STATUS_PATHS), junk), min_size=1, max_size=3))
+@example(edits=[(("spend", "periodEnd"), "9999-12-31T23:59:59Z")])   # found: planned to it, 6 GiB arrays
 def test_corrupted_status_is_survived(edits):
     """Status is the operator's memory, but anyone with status access (or a restore from an
     old backup) can write junk there: a decision is still made, never an exception."""

@@ -73,6 +73,9 @@ def parse_spec(body: Mapping[str, Any]) -> tuple[InferenceBudgetSpec, core.Budge
         raise InvalidSpec("spec", str(exc)) from None
 
 
+MAX_PERIOD = timedelta(days=31, hours=1)
+
+
 def state_from_status(status: Mapping[str, Any] | None) -> tuple[core.BudgetState | None, datetime | None]:
     """The budget's state as last written (None without a readable period). Junk in a field
     reads as that field absent (services/status_fields.py), so a corrupted status costs at
@@ -82,7 +85,9 @@ def state_from_status(status: Mapping[str, Any] | None) -> tuple[core.BudgetStat
     st = f.mapping(status)
     spend = f.mapping(st.get("spend"))
     start, end = f.time(spend.get("periodStart")), f.time(spend.get("periodEnd"))
-    if start is None or end is None or end <= start:
+    # the longest period is a month (+1 h of DST): anything else is not a period we wrote, and
+    # planning to a corrupted far-future end would size arrays by it (found: 9999-12-31 → 6 GiB)
+    if start is None or end is None or not timedelta(0) < end - start <= MAX_PERIOD:
         return None, None
     active = st.get("activeVariant") if isinstance(st.get("activeVariant"), str) else None
     state = core.BudgetState(
