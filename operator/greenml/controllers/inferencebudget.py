@@ -20,7 +20,7 @@ import numpy as np
 from greenml.controllers.context import Context
 from greenml.controllers.operator import metrics_of
 from greenml.controllers.trainingjob import (
-    TICK, condition, forget_object, merge_conditions, observed_reconcile, post_event, reject,
+    TICK, condition, forget_object, merge_conditions, object_key, observed_reconcile, post_event, reject,
 )
 from greenml.kube import ApiError, Conflict, Transient
 from greenml.services import inferencebudget as svc
@@ -80,11 +80,6 @@ def read_signals(ctx: Context, zone: str, spec, model, deployment: Mapping[str, 
     return svc.Signals(current, forecast, load, np.full(n, load), source, load_source, degraded)
 
 
-def _uid(body: Mapping[str, Any]) -> Any:
-    meta = body.get("metadata", {})
-    return meta.get("uid") or (meta.get("namespace"), meta.get("name"))
-
-
 async def reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, memo: kopf.Memo,
                     greenml_hpas: kopf.Index, **_: Any) -> None:
     ctx: Context = memo.ctx
@@ -128,13 +123,12 @@ async def reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patc
     # drift: the fields the operator applied were changed (or the Deployment recreated) by
     # someone else. Compared with what the server stored after the last apply (its
     # normalised form), else with the body itself (after a restart).
-    applied = ctx.extras.setdefault("ib_applied", {})
-    seen = svc.applied_fields(deployment, body_)
-    drifted = seen != applied.get(_uid(body), body_)
+    applied, key = ctx.extras.setdefault("applied", {}), object_key("InferenceBudget", body)
+    drifted = svc.applied_fields(deployment, body_) != applied.get(key, body_)
     try:
         if outcome.switched or status.get("observedGeneration") != generation or drifted:
             stored = await asyncio.to_thread(ctx.kube.apply, "apps/v1", "deployments", ns, target, body_)
-            applied[_uid(body)] = svc.applied_fields(stored, body_) if (stored or {}).get("spec") else body_
+            applied[key] = svc.applied_fields(stored, body_) if (stored or {}).get("spec") else body_
             if hpa:
                 cap = d.replicas if d.throttled else model.max_replicas
                 await asyncio.to_thread(ctx.kube.apply, "autoscaling/v2", "horizontalpodautoscalers", ns, hpa,
@@ -196,5 +190,4 @@ async def on_tick(**kwargs: Any) -> None:
 async def on_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     meta = body.get("metadata", {})
     metrics_of(memo.ctx).forget(meta.get("namespace", ""), meta.get("name", ""), "InferenceBudget")
-    memo.ctx.extras.get("ib_applied", {}).pop(_uid(body), None)
     forget_object(memo.ctx, "InferenceBudget", body)

@@ -7,9 +7,9 @@ name + adoption on 409) and still meets the deadline.
 from __future__ import annotations
 
 import asyncio
-import time
-import re
 import logging
+import re
+import time
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, Mapping
@@ -161,7 +161,8 @@ async def serialized(kind: str, fn, body: kopf.Body, status: Mapping[str, Any], 
 
 
 def forget_object(ctx: Context, kind: str, body: Mapping[str, Any]) -> None:
-    for table in ("locks", "written"):
+    """Drop the per-object memories keyed by ``object_key`` (lock, pending status, applied fields)."""
+    for table in ("locks", "written", "applied"):
         ctx.extras.get(table, {}).pop(object_key(kind, body), None)
 
 

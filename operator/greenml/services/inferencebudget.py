@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from greenml.api.inferencebudget import InferenceBudgetSpec
 from greenml.planning import inference as core
+from greenml.services import status_fields as f
 from greenml.services.trainingjob import InvalidSpec
 from greenml.timeutil import format_time
 
@@ -80,8 +81,6 @@ def state_from_status(status: Mapping[str, Any] | None) -> tuple[core.BudgetStat
     """The budget's state as last written (None without a readable period). Junk in a field
     reads as that field absent (services/status_fields.py), so a corrupted status costs at
     most what it lost, never a stuck object."""
-    from greenml.services import status_fields as f
-
     st = f.mapping(status)
     spend = f.mapping(st.get("spend"))
     start, end = f.time(spend.get("periodStart")), f.time(spend.get("periodEnd"))

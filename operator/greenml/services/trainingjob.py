@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from greenml import API_VERSION
 from greenml.api.trainingjob import TrainingJobSpec
+from greenml.services import status_fields as f
 from greenml.timeutil import ensure_utc, format_time, parse_duration, parse_time
 
 MANAGED_BY = "greenml-operator"
@@ -121,8 +122,6 @@ class Progress:
 
     @classmethod
     def from_status(cls, status: Mapping[str, Any] | None) -> "Progress":
-        from greenml.services import status_fields as f
-
         p = f.mapping(f.mapping(status).get("progress"))
         run = f.number(p.get("runSeconds"), 0.0, minimum=0.0)
         return cls(min(run, MAX_RUN_SECONDS), f.time(p.get("runningSince")),
