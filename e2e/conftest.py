@@ -1,12 +1,20 @@
-"""E2E tests against the real cluster named by KUBECONFIG (kind, k3d, a bare control plane).
+"""E2E tests against a real Kubernetes control plane.
 
-Opt-in: without KUBECONFIG every test here is skipped. Works with no kubelet and no
-scheduler: pods stay Pending, so tests assert on API objects and drive Job status
-themselves. The operator runs out of cluster (a subprocess of `greenml run`).
+By default the suite starts its own (``e2e/cluster``: etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler and kwok fake GPU nodes, built from pinned Go
+modules into ~/.cache/greenml/e2e and started on 127.0.0.1). ``GREENML_E2E_KUBECONFIG=path``
+points it at any other cluster instead (kind, k3d, a real one); the tests that need the
+local plane's own parts (its CA and keys, kwok's fake nodes) then skip.
+
+In CI (``CI=true``) a control plane that cannot be built or started fails the session;
+elsewhere it skips the e2e tests with the reason (no Go, say). The operator runs out of
+cluster (a subprocess of `greenml run`).
 """
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -16,20 +24,71 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PEERING_CRDS = REPO / "charts" / "greenml-operator" / "templates" / "crds" / "kopf-peering.yaml"
+E2E_DIR = Path(__file__).resolve().parent
+_CONTROL_PLANE = None        # the local plane, when this session started one
 
 
 def pytest_collection_modifyitems(config, items):
-    if not os.environ.get("KUBECONFIG"):
-        skip = pytest.mark.skip(reason="e2e needs a cluster: set KUBECONFIG (see docs/e2e.md)")
-        for item in items:
-            item.add_marker(skip)
+    for item in items:
+        if Path(str(item.fspath)).resolve().is_relative_to(E2E_DIR):
+            item.add_marker(pytest.mark.e2e)
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 @pytest.fixture(scope="session")
-def kube():
-    from greenml.kube import Kube
+def control_plane(request):
+    """The cluster the e2e tests use: KUBECONFIG is set to it for the whole session.
+    Yields the local ControlPlane, or None for an external cluster."""
+    global _CONTROL_PLANE
+    external = os.environ.get("GREENML_E2E_KUBECONFIG")
+    if external:
+        os.environ["KUBECONFIG"] = external
+        yield None
+        return
+    from e2e.cluster.controlplane import ControlPlaneError, start
 
-    return Kube()
+    workdir = Path(tempfile.mkdtemp(prefix="greenml-e2e-cluster-"))
+    try:
+        t0 = time.monotonic()
+        cp = start(workdir)
+    except (ControlPlaneError, OSError) as exc:
+        if _in_ci():
+            pytest.fail(f"e2e control plane could not be built or started: {exc}", pytrace=False)
+        pytest.skip(f"e2e control plane could not be built or started: {exc}")
+    print(f"\ne2e control plane: built+started in {time.monotonic() - t0:.1f} s "
+          f"(start {cp.started_s:.1f} s), KUBECONFIG={cp.kubeconfig}")
+    _CONTROL_PLANE = cp
+    previous = os.environ.get("KUBECONFIG")
+    os.environ["KUBECONFIG"] = str(cp.kubeconfig)
+    try:
+        yield cp
+    finally:
+        cp.stop()
+        _CONTROL_PLANE = None
+        if previous is None:
+            os.environ.pop("KUBECONFIG", None)
+        else:
+            os.environ["KUBECONFIG"] = previous
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def local_plane(control_plane):
+    """For tests that need the local plane's own parts (its CA, static token, kwok nodes)."""
+    if control_plane is None:
+        pytest.skip("needs the suite's own control plane (GREENML_E2E_KUBECONFIG names another cluster)")
+    return control_plane
+
+
+@pytest.fixture(scope="session")
+def kube(control_plane):
+    from greenml.kube import Kube
+    from greenml.kube.client import load_configuration
+
+    return Kube(load_configuration(os.environ["KUBECONFIG"]))
 
 
 def install_crds(kube, docs: list[dict], timeout: float = 60.0) -> list[str]:

@@ -188,7 +188,7 @@ class Watch:
             params = {"watch": "true", "resourceVersion": self._rv, "timeoutSeconds": "5", "allowWatchBookmarks": "true"}
             try:
                 with self.kube.session.get(f"{self.kube.host}{self.path}?{urlencode(params)}", headers=self.kube._headers(),
-                                           stream=True, timeout=(5, 30)) as resp:
+                                           stream=True, timeout=(5, 30), verify=self.kube.verify) as resp:
                     if resp.status_code == 410:
                         self.gaps += 1
                         self._rv = self._list_rv()

@@ -127,8 +127,10 @@ def training_job_crd() -> dict[str, Any]:
         "TrainingJob", "trainingjobs", ["tj"], TrainingJobSpec, TrainingJobStatus,
         [
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-            {"name": "Start", "type": "date", "jsonPath": ".status.plan.plannedStart"},
-            {"name": "Deadline", "type": "date", "jsonPath": ".status.deadline"},
+            # "date" columns print as an age ("<invalid>" for a future time): a plan's start and
+            # a deadline are read as timestamps
+            {"name": "Start", "type": "string", "jsonPath": ".status.plan.plannedStart"},
+            {"name": "Deadline", "type": "string", "jsonPath": ".status.deadline"},
             {"name": "Savings%", "type": "number", "jsonPath": ".status.plan.savingsPercent"},
             {"name": "Job", "type": "string", "jsonPath": ".status.jobName", "priority": 1},
             {"name": "Zone", "type": "string", "jsonPath": ".status.zone", "priority": 1},

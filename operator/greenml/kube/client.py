@@ -54,14 +54,22 @@ def _error(status: int, body: str, what: str) -> ApiError:
     return ApiError(msg, status)
 
 
-def load_configuration() -> client.Configuration:
-    """In-cluster config when running in a pod, else KUBECONFIG / ~/.kube/config."""
+def load_configuration(kubeconfig: str | None = None) -> client.Configuration:
+    """In-cluster config when running in a pod, else KUBECONFIG / ~/.kube/config.
+
+    An explicit ``kubeconfig`` path skips the in-cluster attempt. Every kind of user entry
+    the client library understands works: client certificate, ``token``, ``tokenFile``,
+    ``exec`` plugins, basic auth (the client keeps bearer tokens under
+    ``api_key["BearerToken"]``; see :meth:`Kube._headers`)."""
     cfg = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=cfg)
-    except config.ConfigException:
-        # read KUBECONFIG now: the client library captures it once, at import time
-        config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None, client_configuration=cfg)
+    if kubeconfig is None:
+        try:
+            config.load_incluster_config(client_configuration=cfg)
+            return cfg
+        except config.ConfigException:
+            pass
+    # read KUBECONFIG now: the client library captures it once, at import time
+    config.load_kube_config(config_file=kubeconfig or os.environ.get("KUBECONFIG") or None, client_configuration=cfg)
     return cfg
 
 
@@ -89,12 +97,19 @@ class Kube:
         self.session = requests.Session()
         if self.cfg.cert_file and self.cfg.key_file:
             self.session.cert = (self.cfg.cert_file, self.cfg.key_file)
-        # TLS verification follows the kubeconfig; it is never switched off silently here
-        self.session.verify = self.cfg.ssl_ca_cert if (self.cfg.verify_ssl and self.cfg.ssl_ca_cert) else bool(self.cfg.verify_ssl)
+        # TLS verification follows the kubeconfig; it is never switched off silently here.
+        # It is passed with every request too: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE
+        # override a Session's verify (trust_env), which would drop the cluster's own CA.
+        self.verify: str | bool = (self.cfg.ssl_ca_cert if (self.cfg.verify_ssl and self.cfg.ssl_ca_cert)
+                                   else bool(self.cfg.verify_ssl))
+        self.session.verify = self.verify
 
     def _headers(self, content_type: str | None = None) -> dict[str, str]:
         headers = {"Accept": "application/json"}
-        token = self.cfg.get_api_key_with_prefix("authorization")   # refreshes rotating tokens
+        # The client library stores bearer tokens (in-cluster, token, tokenFile, exec) under
+        # "BearerToken"; older releases used "authorization". The call runs the refresh hook,
+        # so rotating ServiceAccount tokens and exec credentials stay current.
+        token = self.cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
         if token:
             headers["Authorization"] = token
         elif self.cfg.username:
@@ -108,7 +123,8 @@ class Kube:
         url = self.host + path + (f"?{urlencode(params)}" if params else "")
         try:
             resp = self.session.request(method, url, headers=self._headers(content_type if body is not None else None),
-                                        data=json.dumps(body) if body is not None else None, timeout=TIMEOUT)
+                                        data=json.dumps(body) if body is not None else None, timeout=TIMEOUT,
+                                        verify=self.verify)
         except requests.RequestException as exc:
             raise Transient(f"{what}: {type(exc).__name__}") from None
         if resp.status_code >= 400:

@@ -146,21 +146,31 @@ class JobObservation:
     succeeded: bool = False
     failed: bool = False
     failure_message: str = ""
+    #: does a pod of the Job run (``status.ready`` > 0)? None when the Job controller has
+    #: written no such status (yet): then an un-suspended Job counts as running
+    pods_running: bool | None = None
+    #: when the Job finished, by the Job controller (completionTime / the Failed condition)
+    finished_at: datetime | None = None
 
     @classmethod
     def from_job(cls, job: Mapping[str, Any] | None) -> "JobObservation":
         if not job:
             return cls(exists=False)
         spec = job.get("spec") or {}
-        conds = (job.get("status") or {}).get("conditions") or []
-        done = {c.get("type"): c for c in conds if c.get("status") == "True"}
+        st = f.mapping(job.get("status"))
+        conds = st.get("conditions") or []
+        done = {c.get("type"): c for c in conds if isinstance(c, Mapping) and c.get("status") == "True"}
         failed = done.get("Failed")
+        ready = st.get("ready")
+        finished = st.get("completionTime") if "Complete" in done else (failed or {}).get("lastTransitionTime")
         return cls(
             exists=True,
             suspended=bool(spec.get("suspend", False)),
             succeeded="Complete" in done,
             failed=failed is not None,
             failure_message=(failed or {}).get("message") or (failed or {}).get("reason") or "",
+            pods_running=(ready > 0) if isinstance(ready, int) and not isinstance(ready, bool) else None,
+            finished_at=f.time(finished),
         )
 
 
@@ -400,6 +410,12 @@ def decide(req: JobRequirements, progress: Progress, job: JobObservation,
     had — then the job waits until its latest safe start and runs regardless (fail open).
     """
     running = job.exists and not job.suspended
+    if running and job.pods_running is False and progress.running_since and progress.running_since < now:
+        # un-suspended, but no pod runs (Pending on a full cluster, being scheduled, evicted):
+        # that is not run time — the current run is counted from when a pod last ran, at most
+        # one reconcile late
+        progress = replace(progress, running_since=now)
+    stalled = running and job.pods_running is False
     remaining = remaining_work(req, progress, now)
     latest = latest_start(req, progress, now, defaults)
 
@@ -407,7 +423,8 @@ def decide(req: JobRequirements, progress: Progress, job: JobObservation,
         return Outcome(action, phase, reason, message, prog, remaining_work(req, prog, now), latest)
 
     if job.exists and (job.succeeded or job.failed):
-        stopped = progress.closed(now)
+        # run time from the real Job: up to when it finished, not when the operator noticed
+        stopped = progress.closed(min(now, job.finished_at) if job.finished_at else now)
         if job.succeeded:
             return out("none", "Succeeded", "JobSucceeded", f"Job {job_name(req.name)} completed", stopped)
         return out("none", "Failed", "JobFailed", f"Job {job_name(req.name)} failed: {job.failure_message}".rstrip(": "), stopped)
@@ -455,6 +472,8 @@ def decide(req: JobRequirements, progress: Progress, job: JobObservation,
     if run:
         # a heartbeat in status at most every step: what a vanished Job's run is counted to
         stale = running and (progress.seen_running is None or now - progress.seen_running >= defaults.step)
+        if stalled:
+            why += "; no pod of the Job runs yet (not counted as run time)"
         return out("none", "Running", reason, why, replace(progress, seen_running=now) if stale else progress)
     phase = "Paused" if progress.run_seconds > 0 else "Waiting"
     return out("none", phase, reason, why)
