@@ -1,7 +1,9 @@
-"""InferenceBudget against a real API server: apply-time validation, and the variant switch
-by server-side apply — checked where the emulator cannot: containers merged by name
-(the Deployment keeps its args), and managedFields showing the `greenml-operator`
-manager owning exactly the fields the variant names.
+"""InferenceBudget against a real control plane: apply-time validation, and the variant
+switch by server-side apply — checked where the emulator cannot: containers merged by
+name (the Deployment keeps its args), managedFields showing the `greenml-operator`
+manager owning exactly the fields it applies, and, with a HorizontalPodAutoscaler on the
+Deployment, the operator throttling through the HPA's maxReplicas (never writing the
+Deployment's replicas) while kube-controller-manager's HPA controller scales.
 """
 from __future__ import annotations
 
@@ -11,11 +13,44 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from e2e.test_trainingjob_e2e import grid_start
 from greenml.kube import ApiError
 from greenml.kube.client import path_for
 from tests.integration.harness import free_port, operator_env, run_operator, wait_for, write_intensity
 
 IB = ("greenml.io/v1alpha1", "inferencebudgets")
+DEPLOYMENTS = ("apps/v1", "deployments")
+HPAS = ("autoscaling/v2", "horizontalpodautoscalers")
+MANAGER = "greenml-operator"
+
+
+def deployment(ns: str, replicas: int) -> dict:
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "chat", "namespace": ns},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "chat"}},
+                     "template": {"metadata": {"labels": {"app": "chat"}}, "spec": {"containers": [
+                         {"name": "server", "image": "busybox:1.36", "args": ["sleep", "3600"]}]}}}}
+
+
+def owned(obj: dict, manager: str) -> list[dict]:
+    """The managedFields entries of one field manager."""
+    return [m for m in obj["metadata"].get("managedFields") or [] if m["manager"] == manager]
+
+
+def owns(obj: dict, manager: str, *path: str) -> bool:
+    """Does ``manager`` own the field at ``path`` (fieldsV1 keys, e.g. "f:spec", "f:replicas")?"""
+    for entry in owned(obj, manager):
+        node = entry.get("fieldsV1") or {}
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is not None:
+            return True
+    return False
+
+
+def owners(obj: dict, *path: str) -> list[tuple[str, str, str]]:
+    """(manager, operation, subresource) of each entry owning the field at ``path``."""
+    return [(m["manager"], m["operation"], m.get("subresource", "")) for m in obj["metadata"].get("managedFields") or []
+            if owns({"metadata": {"managedFields": [m]}}, m["manager"], *path)]
 
 
 def budget(ns: str, **over) -> dict:
@@ -46,11 +81,7 @@ def test_invalid_budgets_are_rejected_at_apply_time(kube, namespace, mutate, nee
 
 
 def test_variant_switch_by_server_side_apply(kube, namespace, tmp_path):
-    kube.request("POST", path_for("apps/v1", "deployments", namespace), "create Deployment", body={
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "chat", "namespace": namespace},
-        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "chat"}},
-                 "template": {"metadata": {"labels": {"app": "chat"}}, "spec": {"containers": [
-                     {"name": "server", "image": "busybox:1.36", "args": ["sleep", "3600"]}]}}}})
+    kube.request("POST", path_for(*DEPLOYMENTS, namespace), "create Deployment", body=deployment(namespace, 2))
     now = datetime.now(timezone.utc).replace(microsecond=0)
     intensity = write_intensity(tmp_path / "ci.csv", now - timedelta(seconds=10), timedelta(seconds=2), [400.0] * 400)
     env = operator_env(tmp_path, tmp_path / "unused", intensity, namespace=namespace)
@@ -71,7 +102,78 @@ def test_variant_switch_by_server_side_apply(kube, namespace, tmp_path):
             assert c["args"] == ["sleep", "3600"], "SSA must merge containers by name, keeping other fields"
             managers = {m["manager"]: m for m in d["metadata"].get("managedFields", [])}
             assert "greenml-operator" in managers and managers["greenml-operator"]["operation"] == "Apply"
+            # no HPA targets it: the operator owns the replicas too
+            assert owns(d, MANAGER, "f:spec", "f:replicas"), owners(d, "f:spec", "f:replicas")
             st = (kube.get(*IB, namespace, "chat-budget") or {}).get("status") or {}
             assert st["activeVariant"] == "small" and st["observedGeneration"] == 1
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_variant_switch_and_throttle_through_an_hpa(kube, namespace, tmp_path):
+    """An HPA targets the Deployment (created by another manager, as GitOps would). A budget
+    the quality floor cannot hold, with onBudgetBreach: throttle: the operator applies the
+    small variant without replicas (the HPA owns them) and caps the HPA's maxReplicas under
+    its own field manager; kube-controller-manager's HPA controller (no metrics here — it
+    still enforces maxReplicas) scales the Deployment down to the cap."""
+    kube.request("POST", path_for(*DEPLOYMENTS, namespace), "create Deployment", body=deployment(namespace, 3),
+                 params={"fieldManager": "e2e-gitops"})
+    kube.request("POST", path_for(*HPAS, namespace), "create HPA", params={"fieldManager": "e2e-gitops"}, body={
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "chat-hpa", "namespace": namespace},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "chat"},
+                 "minReplicas": 1, "maxReplicas": 4,
+                 "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                                                                "target": {"type": "Utilization", "averageUtilization": 60}}}]}})
+    intensity = write_intensity(tmp_path / "ci.csv", grid_start() - timedelta(seconds=10), timedelta(seconds=2),
+                                [400.0] * 400)
+    env = operator_env(tmp_path, tmp_path / "unused", intensity, namespace=namespace)
+    env["KUBECONFIG"] = os.environ["KUBECONFIG"]
+    env["GREENML_HEALTH_PORT"] = str(free_port())
+    # ~1 kg/day even for one small replica at 400 g/kWh: 0.5 g cannot be held at the floor
+    obj = budget(namespace, budget={"carbonGrams": 0.5, "period": "day"},
+                 policy={"minReplicas": 1, "maxReplicas": 4, "minDwell": "1s", "onBudgetBreach": "throttle"})
+
+    async def scenario():
+        with run_operator(tmp_path, env) as op:
+            kube.request("POST", path_for(*IB, namespace), "create", body=obj)
+
+            def capped():
+                h = kube.get(*HPAS, namespace, "chat-hpa") or {}
+                return h if (h.get("spec") or {}).get("maxReplicas") == 1 else None
+
+            hpa = await wait_for("the HPA's maxReplicas capped to 1", capped, op=op, timeout=60)
+            assert owns(hpa, MANAGER, "f:spec", "f:maxReplicas"), hpa["metadata"].get("managedFields")
+            assert [m["operation"] for m in owned(hpa, MANAGER)] == ["Apply"]
+            # the rest of the HPA stays its author's
+            assert hpa["spec"]["minReplicas"] == 1 and hpa["spec"]["scaleTargetRef"]["name"] == "chat"
+            assert not owns(hpa, MANAGER, "f:spec", "f:minReplicas")
+            assert owns(hpa, "e2e-gitops", "f:spec", "f:scaleTargetRef")
+            st = (kube.get(*IB, namespace, "chat-budget") or {}).get("status") or {}
+            assert st["activeVariant"] == "small" and st["replicas"] == 1, st
+            throttled = {c["type"]: c for c in st["conditions"]}["Throttled"]
+            assert throttled["status"] == "True" and "1/3" in throttled["message"], throttled
+
+            d = kube.get(*DEPLOYMENTS, namespace, "chat")
+            c = d["spec"]["template"]["spec"]["containers"][0]
+            assert c["image"] == "busybox:1.35" and c["args"] == ["sleep", "3600"]
+            assert owns(d, MANAGER, "f:spec", "f:template"), "the variant's fields are the operator's"
+            assert not owns(d, MANAGER, "f:spec", "f:replicas"), owners(d, "f:spec", "f:replicas")
+
+            def scaled():
+                dep = kube.get(*DEPLOYMENTS, namespace, "chat") or {}
+                return dep if (dep.get("spec") or {}).get("replicas") == 1 else None
+
+            # the HPA controller syncs every 15 s; replicas above maxReplicas it scales down without metrics
+            d = await wait_for("the HPA controller scaling the Deployment to the cap", scaled, op=op, timeout=60)
+            who = owners(d, "f:spec", "f:replicas")
+            assert who and all(m != MANAGER for m, _, _ in who), who
+            assert any(sub == "scale" for _, _, sub in who), who      # written through the scale subresource
+            hpa = kube.get(*HPAS, namespace, "chat-hpa")
+            assert hpa["spec"]["maxReplicas"] == 1
+            conds = {c["type"]: c for c in (hpa.get("status") or {}).get("conditions") or []}
+            assert conds.get("AbleToScale", {}).get("status") == "True", conds
 
     asyncio.run(scenario())

@@ -22,9 +22,17 @@ rm -rf "$out.tmp" && mkdir -p "$out.tmp"
 cd "$here"
 start=$(date +%s)
 export CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false"
+# Stamp the version the binaries report (/version, `kubectl version`), as kube's release
+# build does (hack/lib/version.sh): a plain module build says v0.0.0-master+$Format:%H$,
+# and `helm install` then rejects any chart with a kubeVersion constraint (ours: >=1.25.0-0).
+ver="${release#v}"; major="${ver%%.*}"; minor="${ver#*.}"; minor="${minor%%.*}"
+stamp=""
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  stamp+=" -X $pkg.gitVersion=$release -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+done
 # One `go build` for the four of this module shares the compile of their common packages;
 # kwok has its own module (kwok/go.mod: it needs older k8s.io libraries).
-go build -trimpath -ldflags "-s -w" -o "$out.tmp/" \
+go build -trimpath -ldflags "-s -w$stamp" -o "$out.tmp/" \
   k8s.io/kubernetes/cmd/kube-apiserver \
   k8s.io/kubernetes/cmd/kube-controller-manager \
   k8s.io/kubernetes/cmd/kube-scheduler \

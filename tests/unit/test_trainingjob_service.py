@@ -1,6 +1,7 @@
 """The TrainingJob service: resolving specs, the owned Job, and the act-now decision."""
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -231,10 +232,14 @@ def test_running_job_heartbeat_and_a_job_vanished_while_the_operator_was_down():
     req = resolve(body(interruptible=True), D)
     start = T0 + timedelta(hours=3)
     o = decide(req, Progress(), JobObservation(suspended=True), windows((3, 9)), start, D)
-    assert o.action == "start" and o.progress.seen_running == start
+    assert o.action == "start" and o.progress.seen_running is None    # no pod runs yet
     running = JobObservation(suspended=False)
+    # the first reconcile that sees the Job running starts the heartbeat
+    o1 = decide(req, o.progress, running, windows((3, 9)), start + timedelta(seconds=30), D)
+    assert o1.progress.seen_running == start + timedelta(seconds=30) and o1.progress.running_since == start
+    o1 = replace(o1, progress=replace(o1.progress, seen_running=start))
     # within one step: no new heartbeat (no status write per tick)
-    o2 = decide(req, o.progress, running, windows((3, 9)), start + timedelta(minutes=10), D)
+    o2 = decide(req, o1.progress, running, windows((3, 9)), start + timedelta(minutes=10), D)
     assert o2.progress.seen_running == start
     # a step later: refreshed
     o3 = decide(req, o2.progress, running, windows((3, 9)), start + timedelta(minutes=40), D)
@@ -252,3 +257,118 @@ def test_running_job_heartbeat_and_a_job_vanished_while_the_operator_was_down():
     # while the operator is up the deletion is noticed within a tick: counted until then
     o6 = decide(req, o3.progress, JobObservation(exists=False), windows((3, 9)), start + timedelta(minutes=45), D)
     assert o6.progress.run_seconds == pytest.approx(45 * 60)
+
+
+S = T0 + timedelta(hours=3)          # the run's start in the table below
+M = timedelta(minutes=1)
+
+
+def _progress(running_since=S, seen=None, run_seconds=0.0):
+    return Progress(run_seconds=run_seconds, running_since=running_since, runs=1, seen_running=seen)
+
+
+@pytest.mark.parametrize("case, progress, job, now, phase, run_seconds, running_since, seen, message", [
+    # un-suspended, no pod Ready yet (Pending on a full cluster, being scheduled): no run time,
+    # the run is counted from now on; no heartbeat
+    ("pending", _progress(), JobObservation(suspended=False, pods_running=False), S + 10 * M,
+     "Running", 0.0, S + 10 * M, None, "no pod of the Job runs"),
+    # a pod runs: the run counts from runningSince and the heartbeat starts
+    ("pods run", _progress(), JobObservation(suspended=False, pods_running=True), S + 10 * M,
+     "Running", 0.0, S, S + 10 * M, "minRunDuration"),
+    # the Job controller wrote no `ready` (yet): an un-suspended Job counts as running
+    ("no ready field", _progress(seen=S), JobObservation(suspended=False), S + 10 * M,
+     "Running", 0.0, S, S, "minRunDuration"),
+    # the last pod stalled (evicted, failed and not yet replaced) after running: what ran is
+    # kept, to one step past the heartbeat (here: now), and counted afresh once a pod runs
+    ("stall after running", _progress(seen=S + 20 * M), JobObservation(suspended=False, pods_running=False),
+     S + 41 * M, "Running", 41 * 60.0, S + 41 * M, None, "no pod of the Job runs"),
+    # ... bounded by one step past the heartbeat when the operator was away meanwhile
+    ("stall seen late", _progress(seen=S + 20 * M, run_seconds=60.0),
+     JobObservation(suspended=False, pods_running=False), S + 3 * 60 * M,
+     "Running", 60.0 + 50 * 60.0, S + 3 * 60 * M, None, "no pod of the Job runs"),
+    # Complete (ready 0 again): the run is counted to the Job's completionTime, not to now and
+    # not dropped as a stall
+    ("complete", _progress(seen=S + 30 * M, run_seconds=120.0),
+     JobObservation(suspended=False, succeeded=True, pods_running=False, finished_at=S + 45 * M), S + 46 * M,
+     "Succeeded", 120.0 + 45 * 60.0, None, None, "completed"),
+    ("failed", _progress(seen=S),
+     JobObservation(suspended=False, failed=True, failure_message="BackoffLimitExceeded", pods_running=False,
+                    finished_at=S + 5 * M), S + 6 * M,
+     "Failed", 5 * 60.0, None, None, "BackoffLimitExceeded"),
+    # completionTime unknown: counted to now
+    ("complete, no time", _progress(seen=S), JobObservation(suspended=False, succeeded=True, pods_running=False),
+     S + 7 * M, "Succeeded", 7 * 60.0, None, None, "completed"),
+])
+def test_run_time_counts_running_pods_to_the_jobs_completion(case, progress, job, now, phase, run_seconds,
+                                                             running_since, seen, message):
+    req = resolve(body(interruptible=True, minRunDuration="30m"), D)
+    o = decide(req, progress, job, windows((3, 9)), now, D)
+    assert o.phase == phase, case
+    assert o.progress.run_seconds == pytest.approx(run_seconds), case
+    assert (o.progress.running_since, o.progress.seen_running) == (running_since, seen), case
+    assert o.progress.runs == 1 and message in o.message, (case, o.message)
+
+
+def test_a_stalled_run_paused_adds_nothing_and_a_resumed_one_counts_from_its_pods():
+    req = resolve(body(interruptible=True, minRunDuration="2m"), D)
+    # Pending since the start, then the window closes: minRunDuration does not hold a run whose
+    # pods never ran (there is nothing to thrash), and the pause adds no run time
+    stalled = JobObservation(suspended=False, pods_running=False)
+    o = decide(req, _progress(run_seconds=600.0), stalled, windows((3, 4)), S + 70 * M, D)
+    assert (o.action, o.progress.run_seconds, o.progress.running_since) == ("pause", 600.0, None)
+    # resumed: nothing counted until a pod is Ready, then from the first reconcile that sees it
+    r = decide(req, o.progress, JobObservation(suspended=True), windows((5, 6)), T0 + timedelta(hours=5), D)
+    assert (r.action, r.progress.runs, r.progress.seen_running) == ("resume", 2, None)
+    waiting = decide(req, r.progress, stalled, windows((5, 6)), T0 + timedelta(hours=5) + 3 * M, D)
+    assert waiting.progress.total(T0 + timedelta(hours=5) + 3 * M) == 600.0
+    up = decide(req, waiting.progress, JobObservation(suspended=False, pods_running=True), windows((5, 6)),
+                T0 + timedelta(hours=5) + 4 * M, D)
+    assert up.progress.total(T0 + timedelta(hours=5) + 10 * M) == pytest.approx(600.0 + 7 * 60)
+
+
+@pytest.mark.parametrize("status, pods_running, finished_at", [
+    ({}, None, None),
+    ({"ready": 0}, False, None),
+    ({"ready": 2}, True, None),
+    ({"ready": True}, None, None),       # not a count
+    ({"ready": 0, "completionTime": "2024-03-04T03:45:00Z", "conditions": [
+        {"type": "SuccessCriteriaMet", "status": "True"}, {"type": "Complete", "status": "True"}]},
+     False, S + 45 * M),
+    # completionTime without the Complete condition (yet) is not a finish
+    ({"ready": 0, "completionTime": "2024-03-04T03:45:00Z"}, False, None),
+    ({"ready": 0, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                                  "lastTransitionTime": "2024-03-04T03:05:00Z"}]}, False, S + 5 * M),
+])
+def test_job_observation_reads_ready_pods_and_the_finish_time(status, pods_running, finished_at):
+    o = JobObservation.from_job({"spec": {"suspend": False}, "status": status})
+    assert (o.pods_running, o.finished_at) == (pods_running, finished_at)
+
+
+@pytest.mark.parametrize("running_progress, interruptible, held_until", [
+    # started 2 h ago with a 2 h estimate: past it, still running (its Job has not finished)
+    (Progress(running_since=T0 - timedelta(hours=2), runs=1), False, 2),
+    (Progress(running_since=T0 - timedelta(hours=3), runs=1), True, 2),
+    # 30 min of work left: at least until the next replan (1 h = 2 slots), not just 1 slot
+    (Progress(running_since=T0 - timedelta(minutes=90), runs=1), False, 2),
+    # 90 min left: its estimate holds it longer than the replan
+    (Progress(running_since=T0 - timedelta(minutes=30), runs=1), False, 3),
+])
+def test_a_running_job_keeps_its_gpus_until_the_next_replan(running_progress, interruptible, held_until):
+    """Capacity 8: an 8-GPU job running (past its estimate or not) keeps its GPUs at least until
+    the next replan, so a waiting 8-GPU job is not started onto them; once the running job
+    is gone the waiting one is planned at once."""
+    board = PlanBoard(D, SeriesSource(series([100] * 40)), capacity=8, replan_interval=timedelta(hours=1))
+    b = body(interruptible=interruptible, minRunDuration="30m")
+    b["metadata"] = {**b["metadata"], "name": "busy", "uid": "u-busy", "creationTimestamp": "2024-03-03T21:00:00Z"}
+    b["spec"]["power"] = {"gpus": 8}
+    busy = resolve(b, D)
+    waiting = _job("next", gpus=8)
+    board.observe(busy, running_progress, running=True)
+    board.observe(waiting, Progress(), running=False)
+    plan, _ = board.plan_for(waiting.key, T0)
+    assert plan.planned_start == T0 + held_until * D.step, plan.windows
+    held, _ = board.plan_for(busy.key, T0)
+    assert held.windows[0][0] == T0 and held.windows[0][1] >= T0 + held_until * D.step
+    board.forget(busy.key)                                 # its Job finished
+    plan, _ = board.plan_for(waiting.key, T0 + timedelta(minutes=5))
+    assert plan.planned_start == T0 + timedelta(minutes=5)

@@ -8,7 +8,7 @@ import kopf
 
 from greenml.controllers.context import Context
 from greenml.kube import Kube
-from greenml.kube.client import node_gpus
+from greenml.kube.client import connection_info, load_configuration, node_gpus
 from greenml.metrics import Metrics, start_metrics_server
 from greenml.planning.accounting import AccountingPolicy
 from greenml.services.board import PlanBoard
@@ -69,6 +69,16 @@ def peering_priority(settings: Settings) -> int:
 
     pod = os.environ.get("POD_NAME") or os.environ.get("HOSTNAME") or "greenml"
     return 1 + zlib.crc32(pod.encode()) % 32767
+
+
+@kopf.on.login()
+def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+    """kopf's watches authenticate from the same configuration as the operator's own client
+    (in-cluster, or a kubeconfig user: client certificate, token, tokenFile, exec plugin).
+    kopf's implicit login sends the client library's token as read: a tokenFile ending in
+    a newline made every request fail ("Forbidden control character detected in headers").
+    Called again on a 401, so rotated tokens and exec credentials are re-read."""
+    return kopf.ConnectionInfo(**connection_info(load_configuration()), trust_env=settings.networking.trust_env)
 
 
 @kopf.on.startup()

@@ -73,6 +73,32 @@ def load_configuration(kubeconfig: str | None = None) -> client.Configuration:
     return cfg
 
 
+def bearer_token(cfg: client.Configuration) -> str | None:
+    """The Authorization value of a bearer-token configuration ("Bearer …"), or None.
+
+    The client library stores bearer tokens (in-cluster, ``token``, ``tokenFile``, ``exec``)
+    under "BearerToken"; older releases used "authorization". Reading it runs the refresh
+    hook, so rotating ServiceAccount tokens and exec credentials stay current. Surrounding
+    whitespace is dropped, as client-go does: a ``tokenFile`` written by
+    ``kubectl create token SA > file`` ends in a newline, which the library would put into
+    the header (requests and aiohttp refuse to send it)."""
+    token = cfg.get_api_key_with_prefix("authorization")
+    return token.strip() if token and token.strip() else None
+
+
+def connection_info(cfg: client.Configuration) -> dict[str, Any]:
+    """The server and credentials of ``cfg`` as plain fields (the keywords of kopf's
+    ``ConnectionInfo``), so kopf's watches authenticate exactly as :class:`Kube` does."""
+    header = bearer_token(cfg)
+    scheme, token = None, None
+    if header:
+        parts = header.split(" ", 1)
+        scheme, token = (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1].strip())
+    return {"server": cfg.host, "ca_path": cfg.ssl_ca_cert or None, "insecure": not cfg.verify_ssl,
+            "username": cfg.username or None, "password": cfg.password or None, "scheme": scheme, "token": token,
+            "certificate_path": cfg.cert_file or None, "private_key_path": cfg.key_file or None}
+
+
 def path_for(api_version: str, plural: str, namespace: str | None = None, name: str | None = None,
              subresource: str | None = None) -> str:
     base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
@@ -106,10 +132,7 @@ class Kube:
 
     def _headers(self, content_type: str | None = None) -> dict[str, str]:
         headers = {"Accept": "application/json"}
-        # The client library stores bearer tokens (in-cluster, token, tokenFile, exec) under
-        # "BearerToken"; older releases used "authorization". The call runs the refresh hook,
-        # so rotating ServiceAccount tokens and exec credentials stay current.
-        token = self.cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
+        token = bearer_token(self.cfg)
         if token:
             headers["Authorization"] = token
         elif self.cfg.username:

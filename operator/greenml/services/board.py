@@ -146,6 +146,10 @@ class PlanBoard:
         c = self._capacity
         return c() if callable(c) else c
 
+    def _hold(self) -> int:
+        """Slots until the next periodic replan: how long a running job's GPUs are kept taken."""
+        return max(1, int(math.ceil(self.replan_interval / self.defaults.step - 1e-9)))
+
     # ------------------------------------------------------------ planning
     def stale(self, now: datetime) -> bool:
         return (self._dirty or self._planned_at is None or bool(self._failures)
@@ -202,10 +206,12 @@ class PlanBoard:
             step = self.defaults.step
             step_s = step.total_seconds()
             max_slots = max(1, int(self.horizon.total_seconds() // step_s))
+            capacity = self.capacity()
+            hold = self._hold() if capacity is not None else 0
             jobs: list[shifting.JobSpec] = []
             keys: list[Key] = []
             for key, e in self._entries.items():
-                spec = to_job_spec(e, now, self.defaults, max_slots)
+                spec = to_job_spec(e, now, self.defaults, max_slots, hold)
                 if spec is not None:
                     jobs.append(spec)
                     keys.append(key)
@@ -220,7 +226,6 @@ class PlanBoard:
                 except SignalError as exc:
                     failures[z] = ForecastFailure(z, exc.reason, str(exc))
             self.signals = {z: zone_signal(series_by_zone[z], f, now) for z, f in forecasts.items()}
-            capacity = self.capacity()
             same = {z: self._unchanged_slots(z, now, f) for z, f in forecasts.items()} if capacity is None else {}
             plans: dict[Key, PlannedJob] = {}
             todo: list[tuple[Key, shifting.JobSpec]] = []
@@ -261,11 +266,13 @@ class PlanBoard:
         step_s = step.total_seconds()
         max_slots = max(1, int(self.horizon.total_seconds() // step_s))
         offset = int(math.ceil((now - then).total_seconds() / step_s - 1e-9))
+        capacity = self.capacity()
+        hold = self._hold() if capacity is not None else 0
         new: list[tuple[Key, shifting.JobSpec]] = []
         for key, e in self._entries.items():
             if key in self._plans:
                 continue
-            spec = to_job_spec(e, then, self.defaults, max_slots)
+            spec = to_job_spec(e, then, self.defaults, max_slots, hold)
             if spec is None:
                 continue
             if spec.zone not in self._last_forecast:
@@ -276,7 +283,6 @@ class PlanBoard:
         forecasts = {z: f for z, (_, f) in self._last_forecast.items()}
         n = max(max(j.latest_end, j.earliest + j.remaining) for _, j in new)
         n = max([n] + [len(f) for f in forecasts.values()])
-        capacity = self.capacity()
         reserved = None
         if capacity is not None:
             reserved = np.zeros(n)
@@ -334,12 +340,20 @@ def _deadline_slots(req: JobRequirements, now: datetime, defaults: Defaults) -> 
     return int((req.deadline - defaults.safety_margin - now).total_seconds() // defaults.step.total_seconds())
 
 
-def to_job_spec(e: Entry, now: datetime, defaults: Defaults, max_slots: int) -> shifting.JobSpec | None:
-    """A board entry on the slot grid starting at ``now`` (slot 0 = [now, now+step))."""
+def to_job_spec(e: Entry, now: datetime, defaults: Defaults, max_slots: int, hold: int = 0) -> shifting.JobSpec | None:
+    """A board entry on the slot grid starting at ``now`` (slot 0 = [now, now+step)).
+
+    ``hold``: slots a running job keeps at least, run time left or not — its GPUs stay taken
+    until the next replan (a job runs past its estimate until its Job finishes; when it does,
+    the board replans at once). Without it a job past its estimate held no capacity, and a
+    waiting job was started onto GPUs still in use (found on the e2e control plane: its pod
+    Pending, unschedulable, behind two overrunning jobs)."""
     step_s = defaults.step.total_seconds()
     req, progress = e.req, e.progress
     remaining_s = remaining_work(req, progress, now).total_seconds()
     remaining = int(math.ceil(remaining_s / step_s - 1e-9))
+    if e.running:
+        remaining = max(remaining, hold)
     if remaining <= 0:
         return None
     latest_end = int((req.deadline - defaults.safety_margin - now).total_seconds() // step_s)
@@ -351,6 +365,8 @@ def to_job_spec(e: Entry, now: datetime, defaults: Defaults, max_slots: int) -> 
         elif progress.running_since is not None:
             left = req.min_run.total_seconds() - (now - progress.running_since).total_seconds()
             pinned = max(0, int(math.ceil(left / step_s - 1e-9)))
+        if remaining_s <= 0:
+            pinned = remaining          # past its estimate: decide() never pauses it
     return shifting.JobSpec(
         name=f"{req.namespace}/{req.name}",
         remaining=remaining,

@@ -108,7 +108,7 @@ class Progress:
     run_seconds: float = 0.0
     running_since: datetime | None = None
     runs: int = 0
-    seen_running: datetime | None = None     # last time the operator saw the current run's Job (≤ one step old)
+    seen_running: datetime | None = None     # last time the operator saw a pod of the current run running (≤ one step old)
 
     def total(self, now: datetime) -> float:
         extra = (now - self.running_since).total_seconds() if self.running_since else 0.0
@@ -410,12 +410,16 @@ def decide(req: JobRequirements, progress: Progress, job: JobObservation,
     had — then the job waits until its latest safe start and runs regardless (fail open).
     """
     running = job.exists and not job.suspended
-    if running and job.pods_running is False and progress.running_since and progress.running_since < now:
-        # un-suspended, but no pod runs (Pending on a full cluster, being scheduled, evicted):
-        # that is not run time — the current run is counted from when a pod last ran, at most
-        # one reconcile late
-        progress = replace(progress, running_since=now)
-    stalled = running and job.pods_running is False
+    # un-suspended, but no pod runs (Pending on a full cluster, being scheduled, evicted, a
+    # failed pod not yet replaced): not run time. What this run ran so far is kept — counted,
+    # as for a vanished Job, to one step past the heartbeat of a pod seen running, which is
+    # within one reconcile of the stall — and it is counted afresh once a pod runs again.
+    # A finished Job (ready 0 too) is counted to its completionTime below instead.
+    stalled = running and job.pods_running is False and not (job.succeeded or job.failed)
+    if stalled and progress.running_since and progress.running_since < now:
+        if progress.seen_running is not None:
+            progress = progress.closed(min(now, progress.seen_running + defaults.step))
+        progress = replace(progress, running_since=now, seen_running=None)
     remaining = remaining_work(req, progress, now)
     latest = latest_start(req, progress, now, defaults)
 
@@ -445,7 +449,7 @@ def decide(req: JobRequirements, progress: Progress, job: JobObservation,
         run, reason, why = True, "Running", "a running non-interruptible job is never stopped"
     elif running and remaining <= timedelta(0):
         run, reason, why = True, "RunningPastEstimate", "estimated duration reached; letting the Job finish"
-    elif running and current_run < req.min_run.total_seconds():
+    elif running and not stalled and current_run < req.min_run.total_seconds():
         run, reason, why = True, "MinRunDuration", f"run continues until minRunDuration ({req.min_run}) is reached"
     elif now >= latest:
         run, reason, why = True, "DeadlineForced", f"latest safe start {format_time(latest)} reached"
@@ -463,15 +467,18 @@ def decide(req: JobRequirements, progress: Progress, job: JobObservation,
 
     if run and not running:
         first = progress.runs == 0
-        prog = replace(progress, running_since=now, runs=progress.runs + 1, seen_running=now)
+        # no pod runs yet: the heartbeat starts once one does (see `stalled`)
+        prog = replace(progress, running_since=now, runs=progress.runs + 1, seen_running=None)
         return out("start" if first else "resume", "Running", reason,
                    f"{'starting' if first else 'resuming'}: {why}", prog)
     if not run and running:
         prog = progress.closed(now)
         return out("pause", "Paused", reason, f"pausing after {timedelta(seconds=round(current_run))}: {why}", prog)
     if run:
-        # a heartbeat in status at most every step: what a vanished Job's run is counted to
-        stale = running and (progress.seen_running is None or now - progress.seen_running >= defaults.step)
+        # a heartbeat in status at most every step while a pod runs: what a vanished Job's or a
+        # stalled run is counted to
+        stale = running and not stalled and (progress.seen_running is None
+                                             or now - progress.seen_running >= defaults.step)
         if stalled:
             why += "; no pod of the Job runs yet (not counted as run time)"
         return out("none", "Running", reason, why, replace(progress, seen_running=now) if stale else progress)
