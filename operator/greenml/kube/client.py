@@ -82,7 +82,7 @@ def bearer_token(cfg: client.Configuration) -> str | None:
     whitespace is dropped, as client-go does: a ``tokenFile`` written by
     ``kubectl create token SA > file`` ends in a newline, which the library would put into
     the header (requests and aiohttp refuse to send it)."""
-    token = cfg.get_api_key_with_prefix("authorization")
+    token = cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
     return token.strip() if token and token.strip() else None
 
 
