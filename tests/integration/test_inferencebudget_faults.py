@@ -41,6 +41,7 @@ so a 409/500 on the apply is the "committed, reply lost" case.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -66,9 +67,19 @@ class AnyZoneProvider(FakeProvider):
     """The fake Electricity Maps server, answering for ``LOST_ZONE`` as for DE (the base
     class 404s every zone but DE)."""
 
+    _asked = threading.local()
+
     def handle(self, h: Any) -> None:
+        self._asked.lost = f"zone={LOST_ZONE}" in h.path
         h.path = h.path.replace(f"zone={LOST_ZONE}", "zone=DE")
         super().handle(h)
+
+    def body(self, path: str) -> dict:
+        # the real API names the zone asked for in its answer (and the provider checks it)
+        body = super().body(path)
+        if getattr(self._asked, "lost", False):
+            body = {**body, "zone": LOST_ZONE}
+        return body
 
 
 @pytest.fixture

@@ -5,9 +5,18 @@ knows the main zones offline. The returned series says who served it:
 
 - ``source``: the serving link's name ("electricitymaps", "forecaster(electricitymaps)", "embedded");
 - ``meta["link"]``: "provider" | "forecaster" | "embedded";
+- ``kind`` is the served series' own ("average"/"marginal"); when the embedded profile
+  (average) stands in for a provider of another kind (WattTime: marginal),
+  ``meta["kind_changed"]`` says so;
 - ``meta["fallback"]``: ``[{"link": ..., "reason": ..., "message": ...}]`` for each link
-  that failed before it (reasons: Timeout, Unauthorized, RateLimited, ServerError,
-  Malformed, UnknownZone, Stale, InsufficientHistory, Unavailable).
+  that failed before it (reasons: Timeout, Unauthorized, Forbidden, RateLimited,
+  ServerError, BadQuery, Malformed, UnknownZone, Stale, InsufficientHistory, Unavailable);
+- a provider forecast also carries ``meta["covers_until"]`` (where it ends) and
+  ``meta["short"]`` (it ends before now + horizon: the provider returned less; nothing
+  here extends it).
+
+A provider that answered 429 is blocked for its Retry-After (greenml.signals.providers):
+until then its calls fail at once with RateLimited and the next link serves.
 
 Messages come from SignalError texts, which never carry credentials (providers redact).
 """
@@ -38,8 +47,11 @@ class ChainPolicy:
     forecaster: ForecasterPolicy = ForecasterPolicy()
 
 
-def _mark(series: IntensitySeries, link: str, failures: list[dict]) -> IntensitySeries:
-    return replace(series, meta={**series.meta, "link": link, "fallback": list(failures)})
+def _mark(series: IntensitySeries, link: str, failures: list[dict], wanted_kind: str | None = None) -> IntensitySeries:
+    meta = {**series.meta, "link": link, "fallback": list(failures)}
+    if wanted_kind is not None and series.kind != wanted_kind:
+        meta["kind_changed"] = {"provider": wanted_kind, "served": series.kind}   # e.g. marginal → average
+    return replace(series, meta=meta)
 
 
 def _failure(link: str, exc: SignalError) -> dict:
@@ -58,8 +70,8 @@ class FallbackChain:
         self.policy = policy
         self._forecast = forecaster
         self._history_cache: TTLCache[IntensitySeries] = TTLCache(policy.history_ttl, clock=clock)
-        # by zone: (the forecast, the horizon it was asked for)
-        self._forecast_cache: TTLCache[tuple[IntensitySeries, timedelta]] = TTLCache(policy.forecast_ttl, clock=clock)
+        # by zone: (the forecast, the end of the range it was asked for)
+        self._forecast_cache: TTLCache[tuple[IntensitySeries, datetime]] = TTLCache(policy.forecast_ttl, clock=clock)
         self.name = f"chain({primary.name if primary else 'none'}>{self.fallback.name})"
 
     def __repr__(self) -> str:
@@ -68,7 +80,7 @@ class FallbackChain:
     # -- links -------------------------------------------------------------------------
     def _fallback(self, call: Callable[[CarbonSource], IntensitySeries], failures: list[dict]) -> IntensitySeries:
         try:
-            return _mark(call(self.fallback), "embedded", failures)
+            return _mark(call(self.fallback), "embedded", failures, getattr(self.primary, "kind", None))
         except SignalError as exc:
             failures.append(_failure(self.fallback.name, exc))
             summary = "; ".join(f"{f['link']}: {f['reason']}" for f in failures)
@@ -137,10 +149,15 @@ class FallbackChain:
         assert self.primary is not None
         # keyed by zone, not by horizon: callers ask for different, moving horizons (a budget
         # to its period's end), and a key per horizon would call the provider every time.
-        # A forecast fetched for at least this horizon serves until the TTL ends.
+        # A cached forecast serves a request it covers (now .. now + horizon), or one that
+        # reaches no further than what it was fetched for (the provider was asked for that
+        # much and answered shorter: asking again within the TTL gets no more). Either way
+        # it is served as returned, never extended: ``meta["covers_until"]`` says where it
+        # ends and ``meta["short"]`` whether that is before now + horizon.
         cached = self._forecast_cache.get(zone)
-        if cached is not None and cached[1] >= horizon and cached[0].start <= now < cached[0].end:
-            return cached[0]
+        want = now + horizon
+        if cached is not None and cached[0].start <= now < cached[0].end and want <= max(cached[0].end, cached[1]):
+            return self._covering(cached[0], want)
         s = self.primary.forecast(zone, now, horizon)
         if len(s) == 0:
             raise SignalError(f"{self.primary.name}: empty forecast for {zone}", reason="Malformed")
@@ -150,5 +167,9 @@ class FallbackChain:
                               f"{self.policy.forecast_max_age}", reason="Stale")
         if s.end <= now:
             raise SignalError(f"{self.primary.name}: forecast ends {s.end.isoformat()}, before now", reason="Stale")
-        self._forecast_cache.put(zone, (s, horizon))
-        return s
+        self._forecast_cache.put(zone, (s, want))
+        return self._covering(s, want)
+
+    @staticmethod
+    def _covering(s: IntensitySeries, want: datetime) -> IntensitySeries:
+        return replace(s, meta={**s.meta, "covers_until": s.end.isoformat(), "short": s.end < want})

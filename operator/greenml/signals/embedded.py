@@ -47,7 +47,12 @@ PROFILES: dict[str, tuple[float, ...]] = {
 }
 # Lowest value in each zone's fitting data (the profile never goes below it).
 FLOORS: dict[str, float] = {"DE": 107.1, "GB": 28.1, "US-CAL-CISO": 50.6, "US-MIDA-PJM": 265.5, "FR": 19.5}
-ALIASES = {"DE-LU": "DE", "UK": "GB", "CAISO": "US-CAL-CISO", "PJM": "US-MIDA-PJM"}
+ALIASES = {"DE-LU": "DE", "UK": "GB", "GB-national": "GB", "CAISO": "US-CAL-CISO", "PJM": "US-MIDA-PJM"}
+# Other providers' names for areas inside a profiled zone: NESO's regions (GB-1 … GB-18),
+# WattTime's CAISO and PJM sub-regions (CAISO_NORTH, PJM_DC, …). The zone's climatology
+# stands in for the region (an estimate, like every embedded series; meta["zone"] says which).
+# (Electricity Maps' GB-NIR, GB-ORK, … are other grids: only GB-<number> maps to GB.)
+PREFIX_ALIASES = (("CAISO_", "US-CAL-CISO"), ("PJM_", "US-MIDA-PJM"))
 
 EMBEDDED_STEP = timedelta(hours=1)
 _DAY = 86400.0
@@ -76,7 +81,9 @@ def known_zones() -> list[str]:
 
 
 def _zone(zone: str) -> str:
-    z = ALIASES.get(zone, zone)
+    z = ALIASES.get(zone) or next((to for prefix, to in PREFIX_ALIASES if zone.startswith(prefix)), zone)
+    if zone.startswith("GB-") and zone[3:].isdigit():
+        z = "GB"
     if z not in PROFILES:
         raise SignalError(f"no embedded profile for zone {zone!r}; known: {', '.join(known_zones())}",
                           reason="UnknownZone")

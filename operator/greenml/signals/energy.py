@@ -10,10 +10,16 @@ Links tried in order (the reading says which served and why earlier ones failed)
    labels (``pod``/``namespace`` by default; ``exported_pod``/``exported_namespace``
    when scraped without honorLabels: set ``EnergyPolicy.pod_label``/``namespace_label``).
    If the counter is absent (older GPUs), energy is the power gauge's mean × duration.
-3. ``kepler`` (≥ 0.10): ``kepler_pod_gpu_joules_total`` + ``kepler_pod_cpu_joules_total``
-   (RAPL zone filter, default ``package``), labels ``pod_name``/``pod_namespace``.
+3. ``kepler``: GPU joules only (``kepler_pod_gpu_joules_total``, labels
+   ``pod_name``/``pod_namespace``), for Kepler builds that export them. Stock Kepler
+   0.10/0.11 exports CPU/DRAM joules only (``kepler_pod_cpu_joules_total``…): a pod's
+   CPU energy is not its GPU energy, so it is never counted here — with no GPU series
+   the link reports NoData and the next one serves.
 4. ``model``: GPUs × watts per GPU × duration (watts from greenml.signals.gpus), marked
    as an estimate.
+
+Sample values must be finite: "NaN"/"+Inf"/"-Inf" (Prometheus sends them as strings)
+and negatives fail the link with reason Malformed, and the next link serves.
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from greenml.signals.base import SignalError
-from greenml.signals.promql import Prometheus, _quote
+from greenml.signals.promql import Prometheus, _quote, finite
 from greenml.timeutil import ensure_utc
 
 
@@ -48,8 +54,6 @@ class EnergyPolicy:
     power_query: str | None = None    # user PromQL returning watts now
     pod_label: str = "pod"
     namespace_label: str = "namespace"
-    kepler_cpu_zone: str = "package"
-    include_cpu: bool = True          # Kepler: add the pods' CPU energy
 
 
 @dataclass(frozen=True)
@@ -69,9 +73,13 @@ def _scalar(result: list[dict], what: str) -> float | None:
     if not result:
         return None
     try:
-        return sum(float(r["value"][1]) for r in result)
-    except (KeyError, IndexError, TypeError, ValueError):
+        raw = [r["value"][1] for r in result]
+    except (KeyError, IndexError, TypeError):
         raise SignalError(f"{what}: malformed instant result", reason="Malformed") from None
+    vals = [finite(v, what) for v in raw]
+    if any(v < 0 for v in vals):
+        raise SignalError(f"{what}: negative reading", reason="Malformed")
+    return sum(vals)
 
 
 class EnergyMeter:
@@ -89,7 +97,6 @@ class EnergyMeter:
         p = self.policy
         dcgm = self._sel(p.namespace_label, p.pod_label, namespace, pods)
         kep = self._sel("pod_namespace", "pod_name", namespace, pods)
-        kep_cpu = self._sel("pod_namespace", "pod_name", namespace, pods, f',zone="{_quote(p.kepler_cpu_zone)}"')
         seconds = float(rng[:-1])
         out: list[tuple[str, tuple[str, ...], float]] = []
         for b in p.backends:
@@ -99,11 +106,8 @@ class EnergyMeter:
             elif b == "dcgm":
                 out.append(("dcgm", (f"sum(increase(DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{dcgm}[{rng}]))",), 1e-3))
                 out.append(("dcgm-power", (f"sum(avg_over_time(DCGM_FI_DEV_POWER_USAGE{dcgm}[{rng}]))",), seconds))
-            elif b == "kepler":
-                parts = [f"sum(increase(kepler_pod_gpu_joules_total{kep}[{rng}]))"]
-                if p.include_cpu:
-                    parts.append(f"sum(increase(kepler_pod_cpu_joules_total{kep_cpu}[{rng}]))")
-                out.append(("kepler", tuple(parts), 1.0))
+            elif b == "kepler":   # GPU joules only: never the CPU/DRAM counters (module docstring)
+                out.append(("kepler", (f"sum(increase(kepler_pod_gpu_joules_total{kep}[{rng}]))",), 1.0))
         return out
 
     def _power_queries(self, namespace: str, pods: str) -> list[tuple[str, str]]:

@@ -89,21 +89,26 @@ def _parse_rows(rows: list[list[str]], tcol: int, vcol: int, name: str, colname:
     return times, vals
 
 
-def _regular(times: list[datetime], vals: list[float], name: str) -> tuple[datetime, timedelta, np.ndarray, int]:
-    """Sort, infer the step (smallest spacing), place on the grid and interpolate gaps."""
+def _regular(times: list[datetime], vals: list[float], name: str,
+             step_hint: timedelta | None = None) -> tuple[datetime, timedelta, np.ndarray, int]:
+    """Sort, place on the grid and interpolate gaps. The step is ``step_hint`` (the interval
+    length the source states; points off its grid are an error) or else the smallest spacing
+    (one point alone: 1 h, a CSV's convention)."""
     order = sorted(range(len(times)), key=times.__getitem__)
     t0 = times[order[0]]
     secs = np.array([(times[i] - t0).total_seconds() for i in order])
     v = np.array([vals[i] for i in order], dtype=np.float64)
+    if step_hint is not None and step_hint.total_seconds() <= 0:
+        raise IntensityFileError(f"{name}: interval length must be positive, got {step_hint}")
     if len(secs) == 1:
         if np.isnan(v[0]):
             raise IntensityFileError(f"{name}: the only row has no value")
-        return t0, timedelta(hours=1), v, 0
+        return t0, step_hint or timedelta(hours=1), v, 0
     diffs = np.diff(secs)
     if (diffs == 0).any():
         dup = times[order[int(np.argmax(diffs == 0)) + 1]]
         raise IntensityFileError(f"{name}: duplicate timestamp {dup.isoformat()}")
-    step = float(diffs.min())
+    step = step_hint.total_seconds() if step_hint is not None else float(diffs.min())
     idx = secs / step
     if not np.allclose(idx, np.round(idx), atol=1e-6):
         raise IntensityFileError(f"{name}: timestamps are not on a regular grid of {step:g} s")
@@ -124,13 +129,15 @@ def _regular(times: list[datetime], vals: list[float], name: str) -> tuple[datet
 
 
 def regular_series(times: list[datetime], values: list[float], *, name: str, source: str,
-                   kind: str = "average", issued_at: datetime | None = None) -> IntensitySeries:
+                   kind: str = "average", issued_at: datetime | None = None,
+                   step: timedelta | None = None) -> IntensitySeries:
     """A regular IntensitySeries from (time, value) points as providers return them; NaN
-    values and missing slots are interpolated and counted in ``meta["filled"]``.
+    values and missing slots are interpolated and counted in ``meta["filled"]``. ``step``:
+    the interval length the provider states (else inferred from the spacing).
     Raises IntensityFileError (reason "Malformed") naming ``name``."""
     if not times:
         raise IntensityFileError(f"{name}: no data points")
-    start, step, vals, filled = _regular(times, values, name)
+    start, step, vals, filled = _regular(times, values, name, step)
     return IntensitySeries(start, step, vals, source=source, kind=kind, issued_at=issued_at,
                            meta={"filled": filled})
 

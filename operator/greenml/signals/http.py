@@ -3,7 +3,9 @@ backoff, Retry-After, client-side rate limit, error → reason mapping, and reda
 
 Reasons: 401/403 → Unauthorized, 404 → UnknownZone (providers answer unknown zones
 so), 429 → RateLimited, 5xx → ServerError, timeouts → Timeout, connection errors →
-Unavailable, undecodable JSON → Malformed.
+Unavailable, undecodable JSON → Malformed. An error's message quotes the API's own JSON
+error text (``message``/``msg``/``error``), scrubbed; ``ProviderError.status`` and
+``.detail`` carry the HTTP status and that text for providers that must tell causes apart.
 
 Security: TLS verification is always on (a CA bundle path may replace the default
 store, but it cannot be switched off). Credentials are sent only over https, or plain
@@ -30,9 +32,12 @@ _LOOPBACK_NAMES = {"localhost"}
 class ProviderError(SignalError):
     """A SignalError that may carry the server's Retry-After (seconds)."""
 
-    def __init__(self, message: str, *, reason: str, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, *, reason: str, retry_after: float | None = None,
+                 status: int | None = None, detail: str | None = None) -> None:
         super().__init__(message, reason=reason)
         self.retry_after = retry_after
+        self.status = status    # the HTTP status, when the server answered
+        self.detail = detail    # what the API said (its JSON error message), scrubbed and cut short
 
 
 def is_loopback(url: str) -> bool:
@@ -55,6 +60,22 @@ def check_url(url: str, *, credentials: bool, what: str) -> str:
         raise SignalError(f"{what}: refusing to send credentials over plain http to {parts.hostname}; use https",
                           reason="Misconfigured")
     return url.rstrip("/")
+
+
+def api_message(resp: requests.Response, limit: int = 300) -> str | None:
+    """The error text of a JSON error body (``message``, ``msg``, ``error`` or
+    ``error.message``), None for other bodies (an HTML page, no body)."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    err = body.get("error")
+    for v in (body.get("message"), body.get("msg"), err.get("message") if isinstance(err, dict) else err):
+        if isinstance(v, str) and v.strip():
+            return " ".join(v.split())[:limit]
+    return None
 
 
 def _retry_after(resp: requests.Response) -> float | None:
@@ -90,8 +111,11 @@ class JsonClient:
                 text = text.replace(s, "***")
         return text
 
-    def _error(self, message: str, reason: str, retry_after: float | None = None) -> ProviderError:
-        return ProviderError(self._scrub(f"{self.name}: {message}"), reason=reason, retry_after=retry_after)
+    def _error(self, message: str, reason: str, retry_after: float | None = None,
+               status: int | None = None, detail: str | None = None) -> ProviderError:
+        detail = self._scrub(detail) if detail else None
+        return ProviderError(self._scrub(f"{self.name}: {message}"), reason=reason, retry_after=retry_after,
+                             status=status, detail=detail)
 
     def _once(self, path: str, params: Mapping[str, Any] | None, headers: Mapping[str, str] | None,
               auth: tuple[str, str] | None) -> Any:
@@ -108,20 +132,25 @@ class JsonClient:
         except requests.RequestException as exc:
             raise self._error(f"{where}: connection failed ({type(exc).__name__})", "Unavailable") from None
         status = resp.status_code
+        said = api_message(resp) if status >= 400 else None
+        quoted = f": {self._scrub(said)}" if said else ""
         if status in (401, 403):
-            raise self._error(f"{where}: HTTP {status} (check the credentials)", "Unauthorized")
+            raise self._error(f"{where}: HTTP {status}{quoted}" + ("" if said else " (check the credentials)"),
+                              "Unauthorized", status=status, detail=said)
         if status == 404:
-            raise self._error(f"{where}: HTTP 404 (unknown zone or endpoint)", "UnknownZone")
+            raise self._error(f"{where}: HTTP 404 (unknown zone or endpoint){quoted}", "UnknownZone",
+                              status=status, detail=said)
         if status == 429:
             ra = _retry_after(resp)
             if ra is not None and self.limiter is not None:
                 self.limiter.block_for(ra)
             raise self._error(f"{where}: HTTP 429 rate limited" + (f", retry after {ra:g} s" if ra else ""),
-                              "RateLimited", ra)
+                              "RateLimited", ra, status=status, detail=said)
         if status >= 500:
-            raise self._error(f"{where}: HTTP {status}", "ServerError", _retry_after(resp))
+            raise self._error(f"{where}: HTTP {status}{quoted}", "ServerError", _retry_after(resp),
+                              status=status, detail=said)
         if status >= 400:
-            raise self._error(f"{where}: HTTP {status}", "Malformed")
+            raise self._error(f"{where}: HTTP {status}{quoted}", "Malformed", status=status, detail=said)
         try:
             return resp.json()
         except ValueError:

@@ -6,15 +6,16 @@ reason (see greenml.signals.http) and is wrapped by FallbackChain in the operato
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
 
 from greenml.signals.base import IntensitySeries, SignalError
 from greenml.signals.file import regular_series
 from greenml.signals.http import JsonClient, check_url, field_of
-from greenml.signals.robust import Clock, RateLimiter, RetryPolicy
+from greenml.signals.robust import DEFAULT_RATE_LIMIT_BLOCK, Clock, RateLimiter, RetryPolicy
 from greenml.timeutil import ensure_utc, format_time, parse_time
 
 ELECTRICITYMAPS_URL = "https://api.electricitymap.org"
@@ -22,6 +23,10 @@ WATTTIME_URL = "https://api.watttime.org"
 UKCARBON_URL = "https://api.carbonintensity.org.uk"
 
 LBS_PER_MWH_TO_G_PER_KWH = 0.453592  # 1 lb = 453.592 g; 1 MWh = 1000 kWh
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _points(rows: Any, time_key: str, value_key: str | tuple[str, ...], what: str) -> tuple[list[datetime], list[float]]:
@@ -37,76 +42,174 @@ def _points(rows: Any, time_key: str, value_key: str | tuple[str, ...], what: st
             v = v.get(k) if isinstance(v, dict) else None
         try:
             times.append(parse_time(t))
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, AttributeError):
             raise SignalError(f"{what} point {i}: bad time {t!r}", reason="Malformed") from None
         if v is None:
             vals.append(float("nan"))  # a gap; interpolated by regular_series
-        elif isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0:
+        elif _number(v) and v >= 0:
             vals.append(float(v))
-        else:
+        else:  # a string, a negative, NaN or ±Inf (json accepts the tokens)
             raise SignalError(f"{what} point {i}: bad value {v!r}", reason="Malformed")
     return times, vals
 
 
 def _series(rows: Any, time_key: str, value_key: str | tuple[str, ...], *, what: str, source: str,
-            kind: str = "average", issued_at: datetime | None = None, scale: float = 1.0) -> IntensitySeries:
+            kind: str = "average", issued_at: datetime | None = None, scale: float = 1.0,
+            step: timedelta | None = None, flags: Callable[[dict], list[str]] | None = None) -> IntensitySeries:
     times, vals = _points(rows, time_key, value_key, what)
     if not times:
         raise SignalError(f"{what}: no data points", reason="Malformed")
     if all(v != v for v in vals):  # all NaN
         raise SignalError(f"{what}: every point lacks a value", reason="Malformed")
-    s = regular_series(times, [v * scale for v in vals], name=what, source=source, kind=kind, issued_at=issued_at)
-    return s
+    s = regular_series(times, [v * scale for v in vals], name=what, source=source, kind=kind,
+                       issued_at=issued_at, step=step)
+    if flags is None:
+        return s
+    quality: dict[str, int] = {}
+    for row in rows:   # the provider's own quality flags, counted over the answer's points
+        for f in flags(row) if isinstance(row, dict) else ():
+            quality[f] = quality.get(f, 0) + 1
+    return IntensitySeries(s.start, s.step, s.values, s.source, s.estimate, s.issued_at, s.kind,
+                           {**s.meta, "quality": {"points": len(rows), **quality}})
+
+
+def _em_flags(row: dict) -> list[str]:
+    return ["estimated"] if row.get("isEstimated") is True else []
+
+
+def _wt_flags(row: dict) -> list[str]:
+    return ["imputed"] if row.get("imputed_data_used") is True else []
+
+
+def _object(body: Any, what: str) -> dict:
+    if not isinstance(body, dict):
+        raise SignalError(f"{what}: expected a JSON object, got {type(body).__name__}", reason="Malformed")
+    return body
+
+
+def _limiter(client_kw: dict, clock: Clock, limit: tuple[int, float] | None = None) -> RateLimiter:
+    """The provider's limiter: it records a server's 429 block (and a client-side limit)."""
+    return client_kw.pop("limiter", None) or RateLimiter(*(limit or (None, 1.0)), clock=clock)
+
+
+def _blocking(client: JsonClient, fn: Callable[[], Any]) -> Any:
+    """Run a request; a 429 blocks the provider for its Retry-After (default
+    DEFAULT_RATE_LIMIT_BLOCK s): until then every call fails at once with RateLimited,
+    without a request, and the chain serves from its next link."""
+    try:
+        return fn()
+    except SignalError as exc:
+        if exc.reason == "RateLimited" and getattr(exc, "status", None) == 429 and client.limiter is not None:
+            ra = getattr(exc, "retry_after", None)
+            client.limiter.block_for(DEFAULT_RATE_LIMIT_BLOCK if ra is None else ra)
+        raise
+
+
+HOUR = timedelta(hours=1)
+UtcNow = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 class ElectricityMapsSource:
     """Electricity Maps API v3 (https://static.electricitymaps.com/api/docs/index.html).
 
     ``GET /v3/carbon-intensity/latest?zone=Z`` → ``{"zone", "carbonIntensity", "datetime", ...}``;
-    ``/history?zone=Z`` → ``{"history": [{"carbonIntensity", "datetime"}, …]}`` (last 24 h);
-    ``/past-range?zone=Z&start=&end=`` (same item shape, for older ranges);
-    ``/forecast?zone=Z`` → ``{"forecast": [...], "updatedAt"}`` (paid plans; else 401/403/404
-    and the chain falls back). Token in the ``auth-token`` header. Life-cycle intensity.
+    ``/history?zone=Z`` → ``{"zone", "history": [{"carbonIntensity", "datetime"}, …]}`` (the last
+    24 h, on every plan); ``/past-range?zone=Z&start=&end=`` → ``{"zone", "data": [...same
+    items...]}`` (older ranges; paid plans); ``/forecast?zone=Z`` → ``{"zone", "forecast": [...],
+    "updatedAt"}`` (paid plans; else 401/403/404 and the chain falls back). Token in the
+    ``auth-token`` header. Life-cycle intensity, hourly (the API's default granularity: a
+    single point covers one hour).
+
+    Checks: the answer's ``zone`` (when present) must be the zone asked for, else Malformed.
+    ``history`` uses /history when the range starts within the last 24 h (by the wall clock,
+    ``utcnow``), else /past-range; when /past-range is refused (401/403: a free-tier key)
+    it serves the part of the range /history covers, marked ``meta["partial"]``, and asks
+    /past-range again only after ``PAST_RANGE_RETRY`` seconds.
+    A 429 blocks the provider for its Retry-After (see ``_blocking``).
     """
 
     name = "electricitymaps"
+    kind = "average"
+    HISTORY_SPAN = timedelta(hours=24)
+    PAST_RANGE_RETRY = 3600.0   # seconds /past-range is not asked again after a refusal
 
     def __init__(self, token: str, *, base_url: str = ELECTRICITYMAPS_URL, policy: RetryPolicy = RetryPolicy(),
-                 client: JsonClient | None = None, **client_kw: Any) -> None:
+                 client: JsonClient | None = None, clock: Clock = time.monotonic, utcnow: UtcNow = _utcnow,
+                 **client_kw: Any) -> None:
         if not token:
             raise SignalError("electricitymaps: provider_token is empty", reason="Misconfigured")
         url = check_url(base_url, credentials=True, what=self.name)
         self._headers = {"auth-token": token}
-        self._client = client or JsonClient(self.name, url, policy=policy, secrets=(token,), **client_kw)
+        self._utcnow = utcnow
+        self._clock = clock
+        self._past_range_refused_until = float("-inf")
+        limiter = _limiter(client_kw, clock)
+        self._client = client or JsonClient(self.name, url, policy=policy, limiter=limiter, secrets=(token,),
+                                            **client_kw)
 
     def __repr__(self) -> str:
         return f"ElectricityMapsSource(base_url={self._client.base_url!r})"
 
-    def _get(self, path: str, **params: str) -> Any:
-        return self._client.get(path, params=params, headers=self._headers)
+    def _get(self, path: str, zone: str, what: str, **params: str) -> dict:
+        body = _object(_blocking(self._client, lambda: self._client.get(path, params={"zone": zone, **params},
+                                                                        headers=self._headers)), what)
+        answered = body.get("zone")
+        if answered is not None and answered != zone:
+            raise SignalError(f"{what}: answer is for zone {answered!r}, not {zone!r}", reason="Malformed")
+        return body
 
     def current(self, zone: str, now: datetime) -> IntensitySeries:
-        body = self._get("/v3/carbon-intensity/latest", zone=zone)
-        s = _series([body], "datetime", "carbonIntensity", what=f"{self.name} latest {zone}", source=self.name)
-        return s
+        what = f"{self.name} latest {zone}"
+        body = self._get("/v3/carbon-intensity/latest", zone, what)
+        return _series([body], "datetime", "carbonIntensity", what=what, source=self.name, step=HOUR,
+                       flags=_em_flags)
+
+    def _recent(self, zone: str, what: str) -> Any:
+        return field_of(self._get("/v3/carbon-intensity/history", zone, what), "history", what=what)
 
     def history(self, zone: str, start: datetime, end: datetime) -> IntensitySeries:
-        if ensure_utc(end) - ensure_utc(start) <= timedelta(hours=24):
-            body = self._get("/v3/carbon-intensity/history", zone=zone)
-            rows = field_of(body, "history", what=f"{self.name} history")
+        start, end = ensure_utc(start), ensure_utc(end)
+        what = f"{self.name} history {zone}"
+        partial = False
+        if start >= self._utcnow() - self.HISTORY_SPAN:   # what /history serves: the last 24 h
+            rows = self._recent(zone, what)
+        elif self._clock() < self._past_range_refused_until:  # refused lately: not asked again
+            rows, partial = self._recent(zone, what), True
         else:
-            body = self._get("/v3/carbon-intensity/past-range", zone=zone,
-                             start=format_time(start), end=format_time(end))
-            rows = field_of(body, "data", what=f"{self.name} past-range")
-        return _series(rows, "datetime", "carbonIntensity", what=f"{self.name} history {zone}",
-                       source=self.name).window(start, end)
+            try:
+                body = self._get("/v3/carbon-intensity/past-range", zone, f"{self.name} past-range {zone}",
+                                 start=format_time(start), end=format_time(end))
+                rows = field_of(body, "data", what=f"{self.name} past-range")
+            except SignalError as exc:
+                if exc.reason != "Unauthorized":
+                    raise
+                self._past_range_refused_until = self._clock() + self.PAST_RANGE_RETRY
+                rows, partial = self._recent(zone, what), True   # free tier: the last 24 h only
+        s = _series(rows, "datetime", "carbonIntensity", what=what, source=self.name, flags=_em_flags,
+                    step=HOUR if isinstance(rows, list) and len(rows) == 1 else None).window(start, end)
+        if partial:
+            if len(s) == 0:
+                raise SignalError(f"{what}: /past-range refused (plan) and /history does not reach back to "
+                                  f"{start.isoformat()}", reason="Unauthorized")
+            s = IntensitySeries(s.start, s.step, s.values, s.source, s.estimate, s.issued_at, s.kind,
+                                {**s.meta, "partial": True, "endpoint": "history"})
+        return s
 
     def forecast(self, zone: str, now: datetime, horizon: timedelta) -> IntensitySeries:
-        body = self._get("/v3/carbon-intensity/forecast", zone=zone)
-        rows = field_of(body, "forecast", what=f"{self.name} forecast")
-        issued = parse_time(body["updatedAt"]) if isinstance(body.get("updatedAt"), str) else ensure_utc(now)
-        s = _series(rows, "datetime", "carbonIntensity", what=f"{self.name} forecast {zone}",
-                    source=self.name, issued_at=issued)
+        what = f"{self.name} forecast {zone}"
+        body = self._get("/v3/carbon-intensity/forecast", zone, what)
+        rows = field_of(body, "forecast", what=what)
+        updated = body.get("updatedAt")
+        try:
+            issued = parse_time(updated) if isinstance(updated, str) else ensure_utc(now)
+        except ValueError:
+            raise SignalError(f"{what}: bad updatedAt {updated!r}", reason="Malformed") from None
+        s = _series(rows, "datetime", "carbonIntensity", what=what, source=self.name, issued_at=issued, flags=_em_flags,
+                    step=HOUR if isinstance(rows, list) and len(rows) == 1 else None)
         return s.window(now, now + horizon)
 
 
@@ -121,9 +224,14 @@ class WattTimeSource:
     ``current`` is the newest point of the last hour of /v3/historical (assumption: the
     free tier serves the last hour of historical data for its region).
     Client-side limit: 3,000 requests per 5 minutes (WattTime's documented limit).
+    Interval length: ``meta.data_point_period_seconds`` (300 s on v3).
+    Errors: a 401, or a 403 with no JSON error (nginx's page), means the token: one re-login
+    and retry. A 403 with a JSON message (``Invalid scope…``: the plan does not cover the
+    region) raises reason ``Forbidden`` with the API's message, without a re-login.
     """
 
     name = "watttime"
+    kind = "marginal"
     RATE_LIMIT = (3000, 300.0)
 
     def __init__(self, username: str, password: str, *, base_url: str = WATTTIME_URL,
@@ -138,7 +246,7 @@ class WattTimeSource:
         self._token: str | None = None
         self._token_at = 0.0
         self._lock = threading.Lock()
-        limiter = RateLimiter(*self.RATE_LIMIT, clock=clock)
+        limiter = _limiter(client_kw, clock, self.RATE_LIMIT)
         self._client = client or JsonClient(self.name, url, policy=policy, limiter=limiter,
                                             secrets=(password,), **client_kw)
 
@@ -146,7 +254,7 @@ class WattTimeSource:
         return f"WattTimeSource(base_url={self._client.base_url!r})"
 
     def _login(self) -> str:
-        body = self._client.get("/login", auth=(self._user, self._password))
+        body = _blocking(self._client, lambda: self._client.get("/login", auth=(self._user, self._password)))
         token = body.get("token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
             raise SignalError("watttime: login response lacks token", reason="Malformed")
@@ -160,23 +268,62 @@ class WattTimeSource:
                 return self._login()
             return self._token
 
+    @staticmethod
+    def _token_rejected(exc: SignalError) -> bool:
+        """A 401, or a 403 without a JSON error (nginx's page): the token. A 403 whose body
+        says why (``Invalid scope``: the plan does not cover the region or signal) is not."""
+        return exc.reason == "Unauthorized" and (getattr(exc, "status", None) == 401
+                                                 or not getattr(exc, "detail", None))
+
     def _get(self, path: str, params: dict[str, str]) -> Any:
-        try:
-            return self._client.get(path, params=params, headers={"Authorization": f"Bearer {self._bearer()}"})
-        except SignalError as exc:
-            if exc.reason != "Unauthorized":
+        def call(token: str) -> Any:
+            try:
+                return _blocking(self._client, lambda: self._client.get(
+                    path, params=params, headers={"Authorization": f"Bearer {token}"}))
+            except SignalError as exc:
+                detail = getattr(exc, "detail", None)
+                if exc.reason == "Unauthorized" and getattr(exc, "status", None) == 403 and detail:
+                    raise SignalError(f"{self.name}: GET {path}: HTTP 403: {detail} (the account's plan does not "
+                                      f"cover region {params.get('region')!r}; not a credentials problem)",
+                                      reason="Forbidden") from None
                 raise
-            token = self._bearer(force=True)  # expired early: log in once more
-            return self._client.get(path, params=params, headers={"Authorization": f"Bearer {token}"})
+
+        try:
+            return call(self._bearer())
+        except SignalError as exc:
+            if not self._token_rejected(exc):
+                raise
+            return call(self._bearer(force=True))  # expired early: log in once more
 
     def _moer(self, body: Any, what: str, issued: bool) -> IntensitySeries:
-        units = field_of(body, "meta", "units", what=what)
+        body = _object(body, what)
+        meta = _object(field_of(body, "meta", what=what), f"{what} meta")
+        units = field_of(meta, "units", what=f"{what} meta")
         scale = {"lbs_co2_per_mwh": LBS_PER_MWH_TO_G_PER_KWH, "g_co2_per_kwh": 1.0}.get(units)
         if scale is None:
             raise SignalError(f"{what}: unexpected units {units!r}", reason="Malformed")
-        gen = body["meta"].get("generated_at") if issued else None
-        return _series(field_of(body, "data", what=what), "point_time", "value", what=what, source=self.name,
-                       kind="marginal", scale=scale, issued_at=parse_time(gen) if isinstance(gen, str) else None)
+        rows = field_of(body, "data", what=what)
+        gen = meta.get("generated_at") if issued else None
+        try:
+            issued_at = parse_time(gen) if isinstance(gen, str) else None
+        except ValueError:
+            raise SignalError(f"{what}: bad generated_at {gen!r}", reason="Malformed") from None
+        return _series(rows, "point_time", "value", what=what, source=self.name, kind="marginal", scale=scale,
+                       flags=_wt_flags,
+                       issued_at=issued_at, step=self._period(meta, rows, what))
+
+    @staticmethod
+    def _period(meta: dict, rows: Any, what: str) -> timedelta | None:
+        """The interval length WattTime states: ``meta.data_point_period_seconds`` (v3), else a
+        point's ``frequency`` (older answers); None: inferred from the spacing."""
+        first = rows[0] if isinstance(rows, list) and rows and isinstance(rows[0], dict) else {}
+        for v in (meta.get("data_point_period_seconds"), first.get("frequency")):
+            if v is None:
+                continue
+            if not _number(v) or not 1 <= v <= 7 * 86400:
+                raise SignalError(f"{what}: bad data point period {v!r}", reason="Malformed")
+            return timedelta(seconds=float(v))
+        return None
 
     def history(self, zone: str, start: datetime, end: datetime) -> IntensitySeries:
         body = self._get("/v3/historical", {"region": zone, "signal_type": "co2_moer",
@@ -198,6 +345,10 @@ class WattTimeSource:
         return s.window(now, now + horizon)
 
 
+def _actual(intensity: Any) -> Any:
+    return intensity.get("actual") if isinstance(intensity, dict) else None
+
+
 def _uk_value(intensity: Any, actual: bool) -> Any:
     """The period's actual (when wanted and present), else its forecast."""
     if not isinstance(intensity, dict):
@@ -210,32 +361,38 @@ def _uk_value(intensity: Any, actual: bool) -> Any:
 class UKCarbonSource:
     """NESO Carbon Intensity API (https://carbon-intensity.github.io/api-definitions/), no key.
 
-    Zones: ``GB`` (national) or ``GB-<regionid>`` (1–17, e.g. ``GB-13`` London).
-    National: ``GET /intensity`` (current), ``/intensity/{from}/{to}``, ``/intensity/{from}/fw48h``
-    → ``{"data": [{"from", "to", "intensity": {"forecast", "actual", "index"}}]}``.
-    Regional: ``/regional/regionid/{id}`` and ``/regional/intensity/{from}/fw48h/regionid/{id}``
-    → ``{"data": {"regionid", "data": [...same items...]}}`` (the current endpoint wraps it
+    Zones: ``GB`` (national) or ``GB-<regionid>`` (1–17 DNO regions and nations, e.g.
+    ``GB-13`` London; 18 is GB as a region). National: ``GET /intensity`` (current),
+    ``/intensity/{from}/{to}``, ``/intensity/{from}/fw48h`` → ``{"data": [{"from", "to",
+    "intensity": {"forecast", "actual", "index"}}]}``. Regional: ``/regional/regionid/{id}``,
+    ``/regional/intensity/{from}/{to}/regionid/{id}`` and ``…/{from}/fw48h/regionid/{id}`` →
+    ``{"data": {"regionid", "data": [...same items...]}}`` (the current endpoint wraps it
     in a list: ``{"data": [{"regionid", "data": [...]}]}``). Actuals are national only;
     history uses ``actual`` and falls back to ``forecast`` where it is null.
+    Interval length: each period's ``to - from`` (30 min). A period listed twice (the API
+    has answered so, api-definitions#17) keeps its last record.
     """
 
     name = "ukcarbon"
+    kind = "average"
+    REGIONS = range(1, 19)
 
     def __init__(self, *, base_url: str = UKCARBON_URL, policy: RetryPolicy = RetryPolicy(),
-                 client: JsonClient | None = None, **client_kw: Any) -> None:
+                 client: JsonClient | None = None, clock: Clock = time.monotonic, **client_kw: Any) -> None:
         url = check_url(base_url, credentials=False, what=self.name)
-        self._client = client or JsonClient(self.name, url, policy=policy, **client_kw)
+        limiter = _limiter(client_kw, clock)
+        self._client = client or JsonClient(self.name, url, policy=policy, limiter=limiter, **client_kw)
 
     def __repr__(self) -> str:
         return f"UKCarbonSource(base_url={self._client.base_url!r})"
 
-    @staticmethod
-    def _region(zone: str) -> int | None:
+    @classmethod
+    def _region(cls, zone: str) -> int | None:
         if zone in ("GB", "UK", "GB-national"):
             return None
-        if zone.startswith("GB-") and zone[3:].isdigit() and 1 <= int(zone[3:]) <= 17:
+        if zone.startswith("GB-") and zone[3:].isdigit() and int(zone[3:]) in cls.REGIONS:
             return int(zone[3:])
-        raise SignalError(f"ukcarbon: zone {zone!r} is not GB or GB-<1..17>", reason="UnknownZone")
+        raise SignalError(f"ukcarbon: zone {zone!r} is not GB or GB-<1..18>", reason="UnknownZone")
 
     @staticmethod
     def _t(t: datetime) -> str:
@@ -249,16 +406,43 @@ class UKCarbonSource:
             data = field_of(data, 0, what=what)
         return field_of(data, "data", what=what)
 
+    @staticmethod
+    def _period(rows: list, what: str) -> timedelta | None:
+        """The periods' stated length (``to - from``); they must all agree."""
+        lengths = set()
+        for i, r in enumerate(rows):
+            if not isinstance(r, dict) or r.get("to") is None:
+                continue
+            try:
+                lengths.add(parse_time(r["to"]) - parse_time(r.get("from")))
+            except (ValueError, TypeError, AttributeError):
+                raise SignalError(f"{what} period {i}: bad from/to", reason="Malformed") from None
+        if not lengths:
+            return None
+        if len(lengths) > 1 or min(lengths) <= timedelta(0):
+            raise SignalError(f"{what}: periods of different or non-positive lengths {sorted(map(str, lengths))}",
+                              reason="Malformed")
+        return lengths.pop()
+
     def _fetch(self, zone: str, national: str, regional: str, what: str, *, actual: bool,
                issued_at: datetime | None = None) -> IntensitySeries:
         region = self._region(zone)
         path = national if region is None else regional.format(region=region)
-        rows = self._rows(self._client.get(path), region is not None, what)
+        rows = self._rows(_blocking(self._client, lambda: self._client.get(path)), region is not None, what)
         if not isinstance(rows, list):
             raise SignalError(f"{what}: expected a list of periods", reason="Malformed")
-        points = [{"from": r.get("from"), "v": _uk_value(r.get("intensity"), actual)} if isinstance(r, dict) else r
-                  for r in rows]
-        return _series(points, "from", "v", what=what, source=self.name, issued_at=issued_at)
+        by_from: dict[Any, Any] = {}
+        for r in rows:   # a period listed twice: the last record wins
+            key = r["from"] if isinstance(r, dict) and isinstance(r.get("from"), str) else id(r)
+            by_from.pop(key, None)
+            by_from[key] = r
+        rows = list(by_from.values())
+        points = [{"from": r.get("from"), "v": _uk_value(r.get("intensity"), actual),
+                   # an actual wanted but absent: the period's forecast stands in
+                   "forecast": actual and _actual(r.get("intensity")) is None}
+                  if isinstance(r, dict) else r for r in rows]
+        return _series(points, "from", "v", what=what, source=self.name, issued_at=issued_at,
+                       step=self._period(rows, what), flags=lambda p: ["forecast"] if p.get("forecast") else [])
 
     def current(self, zone: str, now: datetime) -> IntensitySeries:
         return self._fetch(zone, "/intensity", "/regional/regionid/{region}", f"{self.name} current {zone}",

@@ -21,7 +21,10 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], None]
 T = TypeVar("T")
 
-RETRYABLE = frozenset({"Timeout", "ServerError", "RateLimited", "Unavailable"})
+# RateLimited is not retried inline: the provider records the block (RateLimiter.block_for)
+# and the chain falls back at once; the provider is asked again after the Retry-After.
+RETRYABLE = frozenset({"Timeout", "ServerError", "Unavailable"})
+DEFAULT_RATE_LIMIT_BLOCK = 60.0  # seconds a 429 without Retry-After blocks the provider
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class RetryPolicy:
     max_delay: float = 10.0
     jitter: float = 0.5
     timeout: float = 10.0           # seconds per HTTP request (connect and read)
-    max_retry_after: float = 60.0   # longer Retry-After: give up now, let the chain fall back
+    max_retry_after: float = 10.0   # longer Retry-After (on a 5xx): give up now, let the chain fall back
 
     def delay(self, attempt: int, rng: random.Random, retry_after: float | None = None) -> float:
         d = min(self.max_delay, self.base_delay * 2 ** (attempt - 1)) * (1 - self.jitter * rng.random())
@@ -91,12 +94,13 @@ class TTLCache(Generic[T]):
 
 
 class RateLimiter:
-    """At most ``limit`` calls per ``window`` seconds (sliding window). ``acquire`` raises
+    """At most ``limit`` calls per ``window`` seconds (sliding window; ``limit=None``: no
+    client-side limit, only the server's blocks). ``acquire`` raises
     SignalError(reason="RateLimited") instead of blocking, so a busy provider makes the
     chain fall back rather than stall a reconcile. Also honours a server's Retry-After."""
 
-    def __init__(self, limit: int, window: float, *, clock: Clock = time.monotonic) -> None:
-        if limit <= 0 or window <= 0:
+    def __init__(self, limit: int | None, window: float, *, clock: Clock = time.monotonic) -> None:
+        if (limit is not None and limit <= 0) or window <= 0:
             raise ValueError("rate limit and window must be positive")
         self.limit = limit
         self.window = window
@@ -111,6 +115,8 @@ class RateLimiter:
             if now < self._blocked_until:
                 raise SignalError(f"{what}: rate limited for another {self._blocked_until - now:.0f} s",
                                   reason="RateLimited")
+            if self.limit is None:
+                return
             while self._calls and now - self._calls[0] >= self.window:
                 self._calls.popleft()
             if len(self._calls) >= self.limit:
