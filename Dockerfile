@@ -16,6 +16,7 @@ FROM ${PYTHON_IMAGE} AS venv
 RUN python -m venv /opt/greenml
 COPY --from=build /dist/*.whl /tmp/
 RUN /opt/greenml/bin/pip install --no-cache-dir /tmp/*.whl \
+ && cd /tmp && /opt/greenml/bin/greenml simulate --output-dir /tmp/smoke >/dev/null && rm -rf /tmp/smoke \
  && /opt/greenml/bin/pip uninstall -y pip setuptools wheel \
  && find /opt/greenml -name '__pycache__' -prune -exec rm -rf {} +
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # subcommand modules, in help order
@@ -33,7 +34,24 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _broken_pipe()
+    return code
+
+
+def _broken_pipe() -> int:
+    """The reader went away (``greenml estimate … | head``): one line, exit 2, and no
+    second BrokenPipeError when Python flushes stdout at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):   # stdout is not a real file (e.g. captured in tests)
+        pass
+    print("greenml: output closed before it was all written (broken pipe)", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

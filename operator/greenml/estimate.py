@@ -23,7 +23,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -320,9 +320,11 @@ class Report:
         return render_table(self)
 
 
-def estimate_paths(paths: Iterable[str | Path], source: CarbonSource, policy: EstimatePolicy) -> Report:
-    """Estimate every greenml object in the files/directories; errors become Findings."""
-    files, errors = yaml_files(paths)
+def estimate_paths(paths: Iterable[str | Path], source: CarbonSource, policy: EstimatePolicy,
+                   exclude: Sequence[str] = ()) -> Report:
+    """Estimate every greenml object in the files/directories (minus ``exclude`` globs,
+    as ``greenml lint --exclude``); errors become Findings."""
+    files, errors = yaml_files(paths, exclude)
     estimates: list[Estimate] = []
     for f in files:
         docs, problems = documents(f)

@@ -18,10 +18,11 @@ it is given and takes ``now`` as an argument.
 from __future__ import annotations
 
 import copy
+import fnmatch
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Literal, Sequence
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -224,6 +225,25 @@ def _model_errors(obj: dict[str, Any], model: type[BaseModel]) -> list[tuple[str
 
 # ---------------------------------------------------------------- documents
 
+class ManifestLoader(yaml.SafeLoader):
+    """YAML as kubectl hands it to the API server.
+
+    kubectl converts YAML to JSON (sigs.k8s.io/yaml over go-yaml v2), which keeps an
+    unquoted timestamp such as ``deadline: 2027-01-01T00:00:00Z`` as its text — JSON has
+    no time type. PyYAML would build a ``datetime`` and the schema would then reject it as
+    "not of type 'string'". Here timestamps stay the strings the server receives; every
+    other scalar resolves as before. lint, estimate and simulate read manifests with it.
+    """
+
+
+ManifestLoader.add_constructor("tag:yaml.org,2002:timestamp", lambda loader, node: loader.construct_scalar(node))
+
+
+def load_manifests(text: str) -> list[Any]:
+    """All documents of a YAML stream, as the API server would receive them (see ManifestLoader)."""
+    return list(yaml.load_all(text, Loader=ManifestLoader))
+
+
 @dataclass(frozen=True)
 class _Doc:
     file: str
@@ -258,7 +278,7 @@ def _documents(path: Path, display: str) -> tuple[list[_Doc], list[Finding]]:
     except (OSError, UnicodeDecodeError) as exc:
         return [], [Finding(display, 1, "", "", f"cannot read: {exc}")]
     docs: list[_Doc] = []
-    loader = yaml.SafeLoader(text)
+    loader = ManifestLoader(text)
     try:
         while loader.check_node():
             node = loader.get_node()
@@ -322,15 +342,33 @@ def lint_document(doc: _Doc, schemas: dict[str, dict[str, Any]], now: datetime) 
     return sorted(findings, key=lambda f: f.line)
 
 
-def yaml_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Finding]]:
-    """Expand files and directories (recursively, *.yaml/*.yml, sorted)."""
+def excluded(path: Path, patterns: Sequence[str]) -> bool:
+    """``path`` matches one of the glob ``patterns`` (``fnmatch``: ``*`` also crosses ``/``),
+    tried against the whole path as given and against every trailing part of it, so
+    ``templates``, ``*/templates/*`` and ``chart/templates/*.yaml`` all exclude a chart's
+    templates."""
+    text = path.as_posix()
+    parts = path.parts
+    candidates = {text, *("/".join(parts[i:]) for i in range(len(parts)))}
+    for pattern in patterns:
+        pat = pattern.rstrip("/")
+        if any(fnmatch.fnmatchcase(c, pat) or fnmatch.fnmatchcase(c, pat + "/*") for c in candidates):
+            return True
+    return False
+
+
+def yaml_files(paths: Iterable[str | Path], exclude: Sequence[str] = ()) -> tuple[list[Path], list[Finding]]:
+    """Expand files and directories (recursively, *.yaml/*.yml, sorted), leaving out
+    the files and folders that match an ``exclude`` glob (see :func:`excluded`)."""
     files: list[Path] = []
     missing: list[Finding] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix in YAML_SUFFIXES and f.is_file())
+            files += sorted(f for f in p.rglob("*") if f.suffix in YAML_SUFFIXES and f.is_file()
+                            and not excluded(f, exclude))
         elif p.is_file():
-            files.append(p)
+            if not excluded(p, exclude):
+                files.append(p)
         else:
             missing.append(Finding(str(p), 1, "", "", "no such file or directory"))
     return files, missing
@@ -358,10 +396,10 @@ class Report:
 
 
 def lint_paths(paths: Iterable[str | Path], now: datetime,
-               schemas: dict[str, dict[str, Any]] | None = None) -> Report:
-    """Lint every greenml object in the given files/directories."""
+               schemas: dict[str, dict[str, Any]] | None = None, exclude: Sequence[str] = ()) -> Report:
+    """Lint every greenml object in the given files/directories (minus ``exclude`` globs)."""
     schemas = schemas if schemas is not None else load_schemas()
-    files, findings = yaml_files(paths)
+    files, findings = yaml_files(paths, exclude)
     objects = 0
     for f in files:
         docs, problems = _documents(f, str(f))

@@ -1,19 +1,49 @@
 """Operator settings: environment (GREENML_*) over an optional YAML file, validated at start."""
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import yaml
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsError as _SourceError
 
 from greenml.timeutil import DURATION_PATTERN, parse_duration
 
 
 class SettingsError(Exception):
     """Bad operator settings; the message names every bad field."""
+
+
+ENV_PREFIX = "GREENML_"
+#: GREENML_* variables that are not operator settings: the settings file's path, and the
+#: variables of the test suites and benchmarks (a shell that runs both must not trip the
+#: operator). Anything else starting GREENML_ must name a setting.
+NON_SETTING_ENV = frozenset({
+    "GREENML_CONFIG",            # path of the YAML settings file
+    "GREENML_SHARED_DATA",       # tests: where the shared data sets live
+    "GREENML_TEST_LOG_LEVEL",    # tests: log level of the operator under test
+    "GREENML_TEST_TOOLS",        # tests: where helm/kubectl/prometheus binaries are
+    "GREENML_UPDATE_SNAPSHOTS",  # tests: rewrite golden files
+    "GREENML_E2E_KUBECONFIG",    # e2e: use this cluster instead of starting one
+    "GREENML_E2E_CACHE",         # e2e: where the built control plane is cached
+    "GREENML_BENCH_OUT",         # bench/: where results are written
+})
+#: prefixes reserved for test and e2e tooling (never settings)
+NON_SETTING_PREFIXES = ("GREENML_TEST_", "GREENML_E2E_")
+#: Kubernetes' service links: the kubelet gives every pod <SERVICE>_SERVICE_HOST,
+#: <SERVICE>_PORT=tcp://… and friends for each Service in its namespace (unless
+#: enableServiceLinks is false), so a Service named greenml-… yields GREENML_… variables
+_SERVICE_LINK = re.compile(r"_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)$")
+_SERVICE_URL = re.compile(r"^(tcp|udp|sctp)://", re.IGNORECASE)
+
+
+def _service_link(name: str, value: str) -> bool:
+    return bool(_SERVICE_LINK.search(name) or (name.endswith("_PORT") and _SERVICE_URL.match(value or "")))
 
 
 class Settings(BaseSettings):
@@ -106,16 +136,70 @@ class _YamlFileSource(PydanticBaseSettingsSource):
         path = os.environ.get("GREENML_CONFIG")
         if not path:
             return {}
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise SettingsError(f"GREENML_CONFIG={path}: cannot read: {exc.strerror or exc}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"GREENML_CONFIG={path}: not valid YAML: {' '.join(str(exc).split())}") from None
         if not isinstance(data, dict):
-            raise SettingsError(f"{path}: expected a mapping of settings")
-        return {k.replace("-", "_"): v for k, v in data.items()}
+            raise SettingsError(f"GREENML_CONFIG={path}: expected a mapping of settings")
+        return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Load and validate; raise SettingsError with one line per bad field."""
+def unknown_env(environ: Mapping[str, str]) -> list[str]:
+    """One message per GREENML_* variable that names no setting (with the likely intended one).
+
+    Matched as pydantic-settings matches them: case-insensitive, ``GREENML_<FIELD>`` or a
+    nested ``GREENML_<FIELD>__<KEY>``; :data:`NON_SETTING_ENV`,
+    :data:`NON_SETTING_PREFIXES` and Kubernetes' service-link variables are not settings
+    and are left alone."""
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    out = []
+    for var in sorted(environ):
+        up = var.upper()
+        if not up.startswith(ENV_PREFIX) or up in NON_SETTING_ENV or up.startswith(NON_SETTING_PREFIXES):
+            continue
+        if up in known or up.split("__", 1)[0] in known:
+            continue
+        if _service_link(up, environ[var]):
+            continue
+        close = difflib.get_close_matches(up, sorted(known | {"GREENML_CONFIG"}), n=1, cutoff=0.75)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        out.append(f"  {var}: not a greenml setting{hint}")
+    return out
+
+
+def load_settings(*, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Load and validate; raise SettingsError with one line per bad field or unknown
+    GREENML_* variable (``environ``: the environment to check, default ``os.environ``)."""
+    unknown = unknown_env(os.environ if environ is None else environ)
+    if unknown:
+        raise SettingsError("unknown GREENML_* environment variable(s):\n" + "\n".join(unknown))
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        lines = [f"  {'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()]
+        lines = [f"  {_field_name(e['loc'])}: {e['msg']}" for e in exc.errors()]
         raise SettingsError("invalid greenml settings:\n" + "\n".join(lines)) from None
+    except _SourceError as exc:   # a value the environment source cannot parse (e.g. JSON of a dict)
+        raise SettingsError(_source_message(exc)) from None
+
+
+def _field_name(loc: tuple) -> str:
+    name = ".".join(str(p) for p in loc) or "(root)"
+    field = str(loc[0]) if loc else ""
+    return f"{name} ({ENV_PREFIX}{field.upper()})" if field in Settings.model_fields else name
+
+
+def _source_message(exc: Exception) -> str:
+    """pydantic-settings' 'error parsing value for field "zone_map" from source …' as one line."""
+    import re
+
+    m = re.search(r'field "([^"]+)"', str(exc))
+    if not m:
+        return f"invalid greenml settings: {exc}"
+    field = m.group(1)
+    what = ("a JSON object, e.g. {\"europe-west3\": \"DE\"}" if field == "zone_map" else "valid JSON")
+    cause = exc.__cause__
+    detail = f": {cause}" if cause else ""
+    return f"invalid greenml settings: {ENV_PREFIX}{field.upper()} must be {what}{detail}"

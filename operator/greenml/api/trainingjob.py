@@ -4,7 +4,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from greenml.api.common import ApiModel, Condition, Decision, Duration, StatusModel
 
@@ -44,11 +45,37 @@ class Carbon(ApiModel):
     budget_grams: float | None = Field(default=None, gt=0, description="Carbon budget for the whole run (gCO2e); exceeding it is reported.")
 
 
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
 class TrainingJobSpec(ApiModel):
     template: dict[str, Any] = Field(description="A batch/v1 JobTemplateSpec; the operator creates the Job from it, suspended.")
     schedule: Schedule
     power: Power | None = None
     carbon: Carbon | None = None
+
+    @field_validator("template")
+    @classmethod
+    def _gpu_counts(cls, template: dict[str, Any]) -> dict[str, Any]:
+        """A negative nvidia.com/gpu limit: the schema cannot see into the free-form
+        template, and the Job would only be rejected when the operator creates it. Checked
+        here, so lint, estimate, simulate and the operator's admission
+        (services.trainingjob.resolve) reject it with this one message."""
+        pod = ((template.get("spec") or {}).get("template") or {}).get("spec") if isinstance(template.get("spec"), dict) else None
+        containers = pod.get("containers") if isinstance(pod, dict) else None
+        for i, c in enumerate(containers if isinstance(containers, list) else []):
+            for part in ("limits", "requests"):
+                raw = ((c.get("resources") or {}).get(part) or {}).get(GPU_RESOURCE) if isinstance(c, dict) else None
+                try:
+                    count = int(raw) if raw is not None and not isinstance(raw, bool) else 0
+                except (TypeError, ValueError):
+                    continue   # not an integer: services.trainingjob.template_gpus reports it
+                if count < 0:
+                    raise PydanticCustomError(
+                        "gpu_count", "container '{name}' (template.spec.template.spec.containers[{i}]): "
+                        "resources.{part} {resource} must be a whole number >= 0, got {raw}",
+                        {"i": i, "name": c.get("name") or "", "part": part, "resource": GPU_RESOURCE, "raw": raw})
+        return template
 
 
 class Window(StatusModel):

@@ -23,6 +23,8 @@ def register(sub) -> None:
     p.add_argument("--load", type=float, metavar="RPS",
                    help="InferenceBudget load in requests/s (default: what fills policy.minReplicas "
                         "replicas of the best variant)")
+    p.add_argument("--exclude", "-x", action="append", default=[], metavar="GLOB",
+                   help="skip files and folders matching GLOB (repeatable), as greenml lint --exclude")
     p.add_argument("--pue", type=float, default=None, metavar="X",
                    help="data-centre PUE applied to TrainingJob grams (default 1.0: IT energy only)")
     p.set_defaults(func=run)
@@ -59,6 +61,6 @@ def run(args) -> int:
         return _fail(f"--pue: {exc}")
     except ValueError as exc:
         return _fail(f"--load: {exc}")
-    report = estimate_paths(args.paths, source, policy)
+    report = estimate_paths(args.paths, source, policy, exclude=args.exclude)
     print(report.render(args.format))
     return 0 if report.ok else 1

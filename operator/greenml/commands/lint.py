@@ -15,6 +15,9 @@ def register(sub) -> None:
                    help="text (default), github (workflow annotations) or json")
     p.add_argument("--crds", metavar="DIR", help="validate against the CRDs in DIR (default: this greenml's own)")
     p.add_argument("--now", metavar="TIME", help="evaluate deadlines at this RFC 3339 time (default: the clock)")
+    p.add_argument("--exclude", "-x", action="append", default=[], metavar="GLOB",
+                   help="skip files and folders matching GLOB (repeatable), e.g. --exclude 'charts/*/templates' "
+                        "for Helm templates, which are not YAML until rendered")
     p.set_defaults(func=run)
 
 
@@ -34,6 +37,6 @@ def run(args) -> int:
     except (OSError, ValueError, KeyError) as exc:
         print(f"greenml lint: --crds: {exc}", file=sys.stderr)
         return 2
-    report = lint_paths(args.paths, now, schemas)
+    report = lint_paths(args.paths, now, schemas, exclude=args.exclude)
     print(report.render(args.format))
     return 0 if report.ok else 1

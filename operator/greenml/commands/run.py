@@ -12,11 +12,27 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def checked_settings():
+    """The settings `greenml run` starts with, validated as it needs them: the fields
+    (load_settings) and the configured provider as the operator builds it (build_provider:
+    a token for electricitymaps, a readable intensity file for provider=file, https for
+    credentials). `--check` and the real start both go through here. Raises SettingsError."""
     from greenml.settings import SettingsError, load_settings
+    from greenml.signals import SignalError, build_provider
+
+    settings = load_settings()
+    try:
+        build_provider(settings)
+    except SignalError as exc:
+        raise SettingsError(f"invalid provider settings (provider={settings.provider}): {exc}") from None
+    return settings
+
+
+def run(args) -> int:
+    from greenml.settings import SettingsError
 
     try:
-        settings = load_settings()
+        settings = checked_settings()
     except SettingsError as exc:
         print(f"greenml: {exc}", file=sys.stderr)
         return 2

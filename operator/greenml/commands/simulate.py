@@ -1,7 +1,7 @@
 """`greenml simulate`: what the operator would do, offline.
 
-- ``greenml simulate``            the default scenario (examples/ over a week of the
-                                  embedded profile): a table and an HTML picture.
+- ``greenml simulate``            the default scenario (the packaged copy of examples/
+                                  over a week of the embedded profiles): a table and an HTML picture.
 - ``greenml simulate shifting``   the stable shifting contract (CSV in, RESULT.json out).
 - ``greenml simulate inference``  the InferenceBudget contract (greenml.sim.inference).
 """
@@ -26,10 +26,15 @@ FORECASTERS = ("builtin", "perfect")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="simulate the operator's decisions offline",
                        description="Simulate what the operator would do. Without a subcommand: the default "
-                                   "scenario (examples/ over a week of the embedded carbon profile).")
+                                   "scenario (the sample workloads shipped with greenml, a copy of examples/, over "
+                                   "a week of the embedded carbon profile of each one's zone).")
     p.add_argument("--output-dir", type=Path, default=Path("."), help="where to write greenml-simulation.html")
-    p.add_argument("--examples", type=Path, default=None, help="directory of TrainingJob/InferenceBudget YAML")
-    p.add_argument("--zone", default="DE", help="embedded profile zone (DE, GB, FR, US-CAL-CISO, US-MIDA-PJM)")
+    p.add_argument("--examples", type=Path, default=None,
+                   help="directory of TrainingJob/InferenceBudget YAML (default: the scenario shipped with greenml, "
+                        "a copy of the repository's examples/)")
+    p.add_argument("--zone", default="DE",
+                   help="default zone for jobs without spec.carbon.zone, and the picture's curve (embedded profiles: "
+                        "DE, GB, FR, US-CAL-CISO, US-MIDA-PJM; default: %(default)s)")
     p.add_argument("--json", action="store_true", help="also write greenml-simulation.json")
     p.set_defaults(func=run_default)
     s = p.add_subparsers(dest="sim_command", metavar="SUBCOMMAND")
@@ -47,17 +52,18 @@ def _register_shifting(s: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", required=True, type=Path,
                    help="JOBS.csv: name,submit_utc,duration_minutes,deadline_utc,gpus,watts_per_gpu,interruptible")
     p.add_argument("--column", default=None, help="intensity column (default: the first numeric)")
-    p.add_argument("--step", default="30m", help=f"decision step ({'|'.join(STEPS)}; any duration works)")
-    p.add_argument("--capacity-gpus", type=int, default=None, help="GPUs available to these jobs")
+    p.add_argument("--step", default="30m",
+                   help=f"decision step ({'|'.join(STEPS)}; any duration works; default: %(default)s)")
+    p.add_argument("--capacity-gpus", type=int, default=None, help="GPUs available to these jobs (default: unlimited)")
     fc = p.add_mutually_exclusive_group()
     fc.add_argument("--forecast-error", type=float, default=None, metavar="FRACTION",
                     help="forecast = actual + N(0, FRACTION × mean(actual)) (with --seed)")
     fc.add_argument("--forecast", type=Path, default=None, help="FORECASTS.csv: issued_utc,target_utc,gco2_per_kwh")
-    fc.add_argument("--forecaster", choices=FORECASTERS, default=None, help="builtin (from past actuals) or perfect")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--policy", choices=POLICIES, default="greenml")
+    fc.add_argument("--forecaster", choices=FORECASTERS, default=None, help="builtin (from past actuals) or perfect (the default when no forecast option is given)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed for --forecast-error (default: %(default)s)")
+    p.add_argument("--policy", choices=POLICIES, default="greenml", help="decision policy (default: %(default)s)")
     p.add_argument("--safety-margin", default="0s", help="the operator's safety margin (default 0s: no start-up latency)")
-    p.add_argument("--min-run", default="30m", help="minRunDuration of interruptible jobs")
+    p.add_argument("--min-run", default="30m", help="minRunDuration of interruptible jobs (default: %(default)s)")
     p.add_argument("--lwa-quirks", action="store_true", help="policy lwa: reproduce the original code's quirks")
     p.add_argument("--output", required=True, type=Path, help="RESULT.json")
     p.set_defaults(func=run_shifting)

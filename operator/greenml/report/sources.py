@@ -50,10 +50,32 @@ def rows_from_sim(result: Mapping[str, Any], policy: AccountingPolicy, *, path: 
     if not isinstance(result, Mapping):
         raise ReportError(f"{path}: expected a JSON object")
     if "jobs" in result:
+        if power is not None:
+            _check_jobs_match(result["jobs"], power, path)
         return [_sim_job(j, i, policy, path, power or {}, namespace) for i, j in enumerate(result["jobs"])]
     if "periods" in result:
         return _sim_inference(result, policy, path, namespace)
     raise ReportError(f"{path}: not a simulator result (no 'jobs' or 'periods')")
+
+
+def _check_jobs_match(jobs: Any, power: Mapping[str, tuple[int, float]], path: str) -> None:
+    """The JOBS.csv (--jobs) must be the one the simulator read: every job of the result is
+    in it, with the GPUs and watts the result carries (else its figures are not these jobs')."""
+    named = {j.get("name"): j for j in jobs if isinstance(j, Mapping)} if isinstance(jobs, list) else {}
+    missing = sorted((n for n in named if n not in power), key=str)
+    if missing:
+        raise ReportError(f"--jobs does not match {path}: {len(missing)} job(s) of the result are not in it "
+                          f"({', '.join(map(str, missing[:5]))}); pass the JOBS.csv the simulation ran")
+    for name, j in named.items():
+        if "gpus" in j and "watts" in j:
+            gpus, watts = power[name]
+            try:
+                same = int(j["gpus"]) == gpus and abs(float(j["watts"]) - watts) <= 1e-6 * max(1.0, watts)
+            except (TypeError, ValueError):
+                continue   # _sim_job reports the malformed field
+            if not same:
+                raise ReportError(f"--jobs does not match {path}: job {name!r} has {gpus} GPUs, {watts:g} W in "
+                                  f"--jobs but {j['gpus']} GPUs, {j['watts']} W in the result")
 
 
 def _sim_job(j: Mapping[str, Any], i: int, policy: AccountingPolicy, path: str,

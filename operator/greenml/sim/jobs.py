@@ -39,6 +39,7 @@ class SimJob:
     interruptible: bool = False
     min_run: timedelta | None = None     # None: the policy's default
     max_intensity: float | None = None
+    zone: str | None = None              # the grid zone whose series it runs on (None: the one series given)
     body: dict | None = field(default=None, compare=False)  # the TrainingJob CR, when it came from one
 
     @property

@@ -1,19 +1,24 @@
-"""The default scenario behind ``greenml simulate``: the sample TrainingJobs of
-``examples/`` (several copies, created at staggered times) over a week of the embedded
+"""The default scenario behind ``greenml simulate``: the sample TrainingJobs shipped
+with the package (``greenml/data/scenario/``, the same files as the repository's
+``examples/``; several copies, created at staggered times) over a week of the embedded
 carbon profile, decided by the operator's own code (``policy=greenml``), with the
 operator's default settings (5-minute slots, 15-minute safety margin, replan every
-15 minutes). Offline and deterministic.
+15 minutes). Each job runs on the series of its own ``spec.carbon.zone`` (the
+``zone`` setting for jobs without one, as the operator's default zone). Offline and
+deterministic.
 """
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from importlib import resources
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
 import yaml
 
+from greenml.lint import load_manifests
 from greenml.services.trainingjob import Defaults, InvalidSpec, resolve
 from greenml.signals.base import IntensitySeries
 from greenml.signals.embedded import profile_values
@@ -22,7 +27,8 @@ from greenml.sim.jobs import SimInputError, SimJob
 from greenml.sim.shifting import SimPolicy, SimResult, simulate
 from greenml.timeutil import format_time
 
-REPO_EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+#: the default scenario's manifests, shipped as package data (works from any install)
+DEFAULT_EXAMPLES = Path(str(resources.files("greenml") / "data" / "scenario"))
 START = datetime(2024, 3, 4, tzinfo=timezone.utc)    # a Monday; fixed so the run is reproducible
 COPY_OFFSETS = (timedelta(hours=6), timedelta(hours=40), timedelta(hours=78), timedelta(hours=110))
 
@@ -33,7 +39,7 @@ class ScenarioConfig:
     start: datetime = START
     days: int = 7
     copies: int = len(COPY_OFFSETS)
-    examples: Path = REPO_EXAMPLES
+    examples: Path = DEFAULT_EXAMPLES
     policy: SimPolicy = field(default_factory=lambda: SimPolicy(
         step=timedelta(minutes=5), safety_margin=timedelta(minutes=15),
         replan_interval=timedelta(minutes=15), forecast_label="embedded (perfect)"))
@@ -54,7 +60,7 @@ def load_examples(directory: Path, kind: str) -> list[tuple[Path, dict]]:
     out = []
     for path in sorted(directory.glob("*.yaml")):
         try:
-            docs = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+            docs = load_manifests(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
             raise SimInputError(f"{path}: not valid YAML: {exc}") from None
         out += [(path, d) for d in docs if isinstance(d, dict) and d.get("kind") == kind]
@@ -83,22 +89,60 @@ def example_jobs(cfg: ScenarioConfig) -> list[SimJob]:
             jobs.append(SimJob(name=req.name, submit=created, duration=req.duration, deadline=req.deadline,
                                gpus=req.gpus, watts_per_gpu=req.watts / req.gpus if req.gpus else req.watts,
                                interruptible=req.interruptible, min_run=req.min_run,
-                               max_intensity=req.max_intensity, body=b))
+                               max_intensity=req.max_intensity, zone=req.zone, body=b))
     return jobs
 
 
-def embedded_week(cfg: ScenarioConfig, jobs: list[SimJob]) -> IntensitySeries:
+def embedded_week(cfg: ScenarioConfig, jobs: list[SimJob], zone: str | None = None) -> IntensitySeries:
+    zone = zone or cfg.zone
     end = max([cfg.start + timedelta(days=cfg.days)] + [j.deadline + j.duration for j in jobs]) + timedelta(hours=1)
     n = int((end - cfg.start) // timedelta(hours=1)) + 1
-    return IntensitySeries(cfg.start, timedelta(hours=1), profile_values(cfg.zone, cfg.start, timedelta(hours=1), n),
-                           source=f"embedded {cfg.zone}", estimate=True)
+    values = profile_values(zone, cfg.start, timedelta(hours=1), n)   # SignalError for an unknown zone
+    return IntensitySeries(cfg.start, timedelta(hours=1), values, source=f"embedded {zone}", estimate=True)
+
+
+def _peak_gpus(results) -> int:
+    """Most GPUs running at once across all jobs (runs are half-open intervals)."""
+    events = sorted([(s, r.gpus) for r in results for s, _ in r.runs] + [(e, -r.gpus) for r in results for _, e in r.runs],
+                    key=lambda ev: (ev[0], ev[1]))
+    peak = current = 0
+    for _, delta in events:
+        current += delta
+        peak = max(peak, current)
+    return peak
 
 
 def run_default(cfg: ScenarioConfig = ScenarioConfig(), *,
                 on_progress: Callable[[float], None] | None = None) -> ScenarioRun:
+    """Simulate the example jobs, each on its own zone's embedded series. Jobs share no
+    capacity limit in this scenario, so each zone's jobs are simulated as one group and
+    the results merged in the jobs' order; ``result.intensity`` is the ``--zone`` series
+    (the picture's curve)."""
     jobs = example_jobs(cfg)
-    actual = embedded_week(cfg, jobs)
-    result = simulate(jobs, actual, forecasts.perfect(actual), cfg.policy, on_progress=on_progress)
-    notes = [f"Carbon intensity: the embedded {cfg.zone} profile (a fitted climatology, estimate=True), "
-             "used both as the actual series and as the forecast."]
+    zones = list(dict.fromkeys(j.zone or cfg.zone for j in jobs))
+    by_name = {}
+    parts = []
+    for i, zone in enumerate(zones):
+        group = [j for j in jobs if (j.zone or cfg.zone) == zone]
+        actual = embedded_week(cfg, jobs, zone)
+
+        def progress(f: float, i: int = i) -> None:
+            if on_progress:
+                on_progress((i + f) / len(zones))
+
+        part = simulate(group, actual, forecasts.perfect(actual), cfg.policy, on_progress=progress)
+        parts.append(part)
+        by_name.update({r.name: r for r in part.jobs})
+    shown = embedded_week(cfg, jobs, cfg.zone)
+    merged = [by_name[j.name] for j in jobs]
+    result = replace(parts[0], jobs=merged, peak_gpus=_peak_gpus(merged), intensity=shown,
+                     wall_seconds=sum(p.wall_seconds for p in parts),
+                     start=min(p.start for p in parts), end=max(p.end for p in parts),
+                     notes=[n for p in parts for n in p.notes])
+    counts = {z: sum((j.zone or cfg.zone) == z for j in jobs) for z in zones}
+    notes = [f"Carbon intensity: the embedded profile of each job's spec.carbon.zone "
+             f"({', '.join(f'{z}: {c} jobs' for z, c in counts.items())}; default zone {cfg.zone}), "
+             "a fitted climatology (estimate=True), used both as the actual series and as the forecast."]
+    if zones != [cfg.zone]:
+        notes.append(f"The picture shows the {cfg.zone} series; jobs in other zones were planned on their own.")
     return ScenarioRun(cfg, jobs, result, notes)
