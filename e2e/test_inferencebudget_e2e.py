@@ -31,6 +31,14 @@ def deployment(ns: str, replicas: int) -> dict:
                          {"name": "server", "image": "busybox:1.36", "args": ["sleep", "3600"]}]}}}}
 
 
+def decided(kube, ns: str):
+    """Check: the budget's status once it holds a decision (written after the applies)."""
+    def check():
+        st = (kube.get(*IB, ns, "chat-budget") or {}).get("status") or {}
+        return st if st.get("activeVariant") else None
+    return check
+
+
 def owned(obj: dict, manager: str) -> list[dict]:
     """The managedFields entries of one field manager."""
     return [m for m in obj["metadata"].get("managedFields") or [] if m["manager"] == manager]
@@ -57,7 +65,10 @@ def budget(ns: str, **over) -> dict:
     def variant(name, quality, watts, image):
         return {"name": name, "quality": quality, "capacityRps": 10, "power": {"wattsPerReplica": watts},
                 "patch": {"spec": {"template": {"spec": {"containers": [{"name": "server", "image": image}]}}}}}
-    spec = {"targetRef": {"name": "chat"}, "zone": "DE", "budget": {"carbonGrams": 30, "period": "day"},
+    # 1 g/day: the full variant (2 × 400 W at 400 g/kWh = 320 g/h) cannot fit it even in the
+    # day's last seconds — with 30 g it fitted in the last few minutes before midnight UTC
+    # and a CI run at 23:57 kept the full variant.
+    spec = {"targetRef": {"name": "chat"}, "zone": "DE", "budget": {"carbonGrams": 1, "period": "day"},
             "policy": {"minReplicas": 1, "maxReplicas": 4, "minDwell": "1s"},
             "variants": [variant("full", 1.0, 400, "busybox:1.36"), variant("small", 0.8, 100, "busybox:1.35")]}
     spec.update(over)
@@ -104,7 +115,7 @@ def test_variant_switch_by_server_side_apply(kube, namespace, tmp_path):
             assert "greenml-operator" in managers and managers["greenml-operator"]["operation"] == "Apply"
             # no HPA targets it: the operator owns the replicas too
             assert owns(d, MANAGER, "f:spec", "f:replicas"), owners(d, "f:spec", "f:replicas")
-            st = (kube.get(*IB, namespace, "chat-budget") or {}).get("status") or {}
+            st = await wait_for("the decision in status", decided(kube, namespace), op=op, timeout=10)
             assert st["activeVariant"] == "small" and st["observedGeneration"] == 1
 
     asyncio.run(scenario())
@@ -151,7 +162,7 @@ def test_variant_switch_and_throttle_through_an_hpa(kube, namespace, tmp_path):
             assert hpa["spec"]["minReplicas"] == 1 and hpa["spec"]["scaleTargetRef"]["name"] == "chat"
             assert not owns(hpa, MANAGER, "f:spec", "f:minReplicas")
             assert owns(hpa, "e2e-gitops", "f:spec", "f:scaleTargetRef")
-            st = (kube.get(*IB, namespace, "chat-budget") or {}).get("status") or {}
+            st = await wait_for("the decision in status", decided(kube, namespace), op=op, timeout=10)
             assert st["activeVariant"] == "small" and st["replicas"] == 1, st
             throttled = {c["type"]: c for c in st["conditions"]}["Throttled"]
             assert throttled["status"] == "True" and "1/3" in throttled["message"], throttled

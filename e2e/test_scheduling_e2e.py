@@ -89,8 +89,12 @@ def test_pause_and_resume_on_real_scheduling(kube, namespace, tmp_path, local_pl
     # 12 s high (the operator starts, plans), 6 s at 40 (first window), 6 s high, 20 s at 50
     values = [400.0] * 6 + [40.0] * 3 + [400.0] * 3 + [50.0] * 10 + [400.0] * 300
     env = operator_on(tmp_path, namespace, t0, values)
-    # the pods run 10 s (RUN_FOR): longer than the first window, so the first run cannot finish in it
-    obj = tj("pr", namespace, run_for="10s", interruptible=True, estimatedDuration="8s", minRunDuration="2s",
+    # the pods run 10 s (RUN_FOR): longer than the first window, so the first run cannot finish in it.
+    # The estimate (14 s) covers the pods' run and their start-up: with an estimate below the real
+    # run (it was 8 s) the second run's planned slots ended before the pod did on a slow CI
+    # machine and the job was paused and resumed a second time — what the planner should do with
+    # an overrunning interruptible job, not what this test is about.
+    obj = tj("pr", namespace, run_for="10s", interruptible=True, estimatedDuration="14s", minRunDuration="2s",
              maxDelay="60s")
 
     async def scenario():
@@ -124,7 +128,7 @@ def test_pause_and_resume_on_real_scheduling(kube, namespace, tmp_path, local_pl
             st = await wait_for("Succeeded", in_phase(kube, namespace, "pr", "Succeeded"), op=op, timeout=30)
 
         assert not phases.errors, phases.errors
-        seen = changes([p for _, p in phases.samples if p])
+        seen = changes([p for _, p in phases.samples if p] + [st["phase"]])   # the sampler may stop just before
         assert seen[seen.index("Running"):] == ["Running", "Paused", "Running", "Succeeded"], seen
         assert st["progress"]["runs"] == 2
         real = (seconds_between(first_start, paused_at)
@@ -141,7 +145,8 @@ def test_pause_and_resume_on_real_scheduling(kube, namespace, tmp_path, local_pl
 def test_gpu_capacity_read_from_the_nodes(kube, namespace, tmp_path, local_plane):
     """GREENML_GPU_CAPACITY unset: the operator plans on the nodes' 8 allocatable GPUs. Three
     4-GPU jobs all wanting one window: two run in it, the third is planned later, and at no
-    time are more than 8 GPUs' worth of Jobs un-suspended (nor a pod unschedulable)."""
+    time are more than 8 GPUs' worth of Jobs un-suspended (nor a pod unschedulable) — also
+    while the first two run past their estimate, when the third's planned window has come."""
     t0 = grid_start()
     values = [400.0] * 6 + [50.0] * 2 + [100.0] * 3 + [400.0] * 300
     env = operator_on(tmp_path, namespace, t0, values)
@@ -162,8 +167,8 @@ def test_gpu_capacity_read_from_the_nodes(kube, namespace, tmp_path, local_plane
     async def scenario():
         with run_operator(tmp_path, env) as op, Sampler(probe) as sampler:
             for n in names:
-                # the pods run 8 s, twice the estimate: the first two overrun their planned window
-                create(kube, tj(n, namespace, gpus=4, run_for="8s", estimatedDuration="4s", maxDelay="60s"))
+                # the pods run 6 s, past the 4 s estimate: the first two overrun their planned window
+                create(kube, tj(n, namespace, gpus=4, run_for="6s", estimatedDuration="4s", maxDelay="60s"))
 
             def two_running():
                 sts = {n: status(kube, namespace, n) for n in names}
@@ -264,7 +269,7 @@ def test_pending_pods_on_a_full_cluster_are_not_run_time(kube, namespace, tmp_pa
             counted = st["progress"]["runSeconds"]
             pending = seconds_between(job["status"]["startTime"], pods[0]["status"]["startTime"])
             print(f"Pending {pending:.0f} s, then the pod ran {real:.1f} s; the operator counted {counted:.1f} s")
-            assert pending >= 3
+            assert pending >= 2      # runningSince moved on ≥ 3 s (whole seconds) before the GPUs were freed
             assert abs(counted - real) <= RUN_TOLERANCE, (counted, real, st["progress"])
 
     asyncio.run(scenario())
