@@ -38,3 +38,10 @@ def test_other_names_are_an_error(tmp_path, capsys):
 def test_other_power_is_an_error(tmp_path, capsys):
     rc, err = _report(tmp_path, capsys, _result(gpus=4, watts=1600.0))
     assert rc == 2 and "job 'a' has 2 GPUs, 800 W in --jobs but 4 GPUs, 1600.0 W in the result" in err
+
+
+def test_extra_jobs_are_an_error(tmp_path, capsys):
+    """A JOBS.csv with jobs the simulation never ran (another scenario, a later edit)."""
+    extra = JOBS + "z,2024-01-02T00:00:00Z,60,2024-01-03T00:00:00Z,1,300,false\n"
+    rc, err = _report(tmp_path, capsys, _result(), jobs=extra)
+    assert rc == 2 and "--jobs does not match" in err and "1 job(s) in it are not in the result (z)" in err

@@ -81,7 +81,8 @@ def test_sim_without_power_names_the_fix():
     with pytest.raises(ReportError, match=r"jobs\[0\].*--jobs"):
         rows_from_sim(RESULT, AccountingPolicy())
     with pytest.raises(ReportError, match=r"jobs\[0\]\.grams"):
-        rows_from_sim({"jobs": [{**RESULT["jobs"][0], "grams": "x"}]}, AccountingPolicy(), power=POWER)
+        rows_from_sim({"jobs": [{**RESULT["jobs"][0], "grams": "x"}]}, AccountingPolicy(),
+                      power={"ml/a": POWER["ml/a"]})
     with pytest.raises(ReportError, match="not a simulator result"):
         rows_from_sim({"foo": 1}, AccountingPolicy())
 

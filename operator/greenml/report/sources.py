@@ -59,13 +59,18 @@ def rows_from_sim(result: Mapping[str, Any], policy: AccountingPolicy, *, path: 
 
 
 def _check_jobs_match(jobs: Any, power: Mapping[str, tuple[int, float]], path: str) -> None:
-    """The JOBS.csv (--jobs) must be the one the simulator read: every job of the result is
-    in it, with the GPUs and watts the result carries (else its figures are not these jobs')."""
+    """The JOBS.csv (--jobs) must be the one the simulator read: the same jobs as the result
+    (the simulator reports every job it read), with the GPUs and watts the result carries
+    (else its figures are not these jobs')."""
     named = {j.get("name"): j for j in jobs if isinstance(j, Mapping)} if isinstance(jobs, list) else {}
     missing = sorted((n for n in named if n not in power), key=str)
     if missing:
         raise ReportError(f"--jobs does not match {path}: {len(missing)} job(s) of the result are not in it "
                           f"({', '.join(map(str, missing[:5]))}); pass the JOBS.csv the simulation ran")
+    extra = sorted(n for n in power if n not in named)
+    if extra:
+        raise ReportError(f"--jobs does not match {path}: {len(extra)} job(s) in it are not in the result "
+                          f"({', '.join(extra[:5])}); pass the JOBS.csv the simulation ran")
     for name, j in named.items():
         if "gpus" in j and "watts" in j:
             gpus, watts = power[name]
