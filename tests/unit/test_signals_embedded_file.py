@@ -1,4 +1,4 @@
-"""EmbeddedSource and FileSource/ConfigMap parsing."""
+"""EmbeddedSource and FileSource parsing (a CSV, or a directory of them as a mounted ConfigMap)."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from greenml.signals import EmbeddedSource, FileSource, SignalError, configmap_source
+from greenml.signals import EmbeddedSource, FileSource, SignalError
 from greenml.signals.base import CarbonSource
 from greenml.signals.embedded import PROFILES, known_zones
 from greenml.signals.file import IntensityFileError, load_intensity_csv, parse_intensity_csv
@@ -110,13 +110,42 @@ def test_file_source_perfect_forecast(tmp_path):
         FileSource(tmp_path / "missing.csv")
 
 
-def test_configmap_source():
-    src = configmap_source({"DE.csv": CSV, "FR.csv": CSV.replace("100", "10")})
+def mounted_configmap(root, data: dict[str, str]):
+    """A directory laid out as the kubelet mounts a ConfigMap volume: the keys are links
+    into ``..data``, itself a link to a timestamped folder holding the files."""
+    stamp = root / "..2026_12_03_00_00_00.000000001"
+    stamp.mkdir(parents=True)
+    for key, text in data.items():
+        (stamp / key).write_text(text)
+    (root / "..data").symlink_to(stamp.name)
+    for key in data:
+        (root / key).symlink_to(f"..data/{key}")
+    return root
+
+
+def test_directory_serves_zone_files_and_default(tmp_path):
+    """GREENML_INTENSITY_FILE naming a mounted ConfigMap: <zone>.csv per zone, default.csv for the rest."""
+    d = mounted_configmap(tmp_path / "intensity", {"DE.csv": CSV, "FR.csv": CSV.replace("100", "10"),
+                                                    "default.csv": CSV.replace("100", "55")})
+    src = FileSource(d)
     t = datetime(2024, 1, 1, tzinfo=timezone.utc)
     assert src.current("FR", t).values[0] == 10 and src.current("DE", t).values[0] == 100
-    assert src.current("FR", t).source == "configmap"
-    with pytest.raises(IntensityFileError, match="<zone>.csv"):
-        configmap_source({"a": CSV, "b": CSV})
+    assert src.current("US-CAL-CISO", t).values[0] == 55
+    assert FileSource(mounted_configmap(tmp_path / "one", {"DE.csv": CSV})).current("DE", t).values[0] == 100
+    with pytest.raises(SignalError) as exc:
+        FileSource(tmp_path / "one").current("GB", t)
+    assert exc.value.reason == "UnknownZone"
+
+
+@pytest.mark.parametrize("data, needle", [
+    ({}, "no intensity files"),
+    ({"DE.csv": CSV, "notes.txt": "x"}, "notes.txt: not an intensity file name"),
+    ({"DE.csv": "datetime_utc,ci\n2024-01-01T00:00:00Z,1\n2024-01-01T01:00:00Z,abc\n"}, "intensity/DE.csv:3"),
+])
+def test_directory_errors_name_the_file(tmp_path, data, needle):
+    d = mounted_configmap(tmp_path / "intensity", data)
+    with pytest.raises(IntensityFileError, match=needle):
+        FileSource(d)
 
 
 def test_real_files_parse():

@@ -60,3 +60,35 @@ annotations:
   helm.sh/resource-policy: keep
 {{- end }}
 {{- end }}
+
+{{/* Where provider=file's intensity ConfigMap is mounted (GREENML_INTENSITY_FILE: a directory). */}}
+{{- define "greenml.intensityDir" -}}
+/etc/greenml/intensity
+{{- end }}
+
+{{/* The intensity ConfigMap's name: the chart's own (provider.intensity.files) or an existing one. */}}
+{{- define "greenml.intensityConfigMap" -}}
+{{- if .Values.provider.intensity.files }}
+{{- printf "%s-intensity" (include "greenml.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- .Values.provider.intensity.existingConfigMap }}
+{{- end }}
+{{- end }}
+
+{{/* Provider values the operator would refuse at start (a crash-looping pod): refused here. */}}
+{{- define "greenml.validateProvider" -}}
+{{- $p := .Values.provider }}
+{{- if and (has $p.name (list "electricitymaps" "watttime")) (not $p.existingSecret) }}
+{{- fail (printf "provider.name=%s needs provider.existingSecret: a Secret in the release namespace holding %s (keys: provider.secretKeys)" $p.name (ternary "the API token" "the username and password" (eq $p.name "electricitymaps"))) }}
+{{- end }}
+{{- if and $p.intensity.files $p.intensity.existingConfigMap }}
+{{- fail "provider.intensity: set files or existingConfigMap, not both" }}
+{{- end }}
+{{- if eq $p.name "file" }}
+{{- if not (or $p.intensity.files $p.intensity.existingConfigMap) }}
+{{- fail "provider.name=file needs provider.intensity.files (CSV per <zone>.csv key; the chart makes a ConfigMap) or provider.intensity.existingConfigMap" }}
+{{- end }}
+{{- else if or $p.intensity.files $p.intensity.existingConfigMap }}
+{{- fail (printf "provider.intensity is read only with provider.name=file (provider.name is %s)" $p.name) }}
+{{- end }}
+{{- end }}

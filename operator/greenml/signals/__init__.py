@@ -7,18 +7,18 @@ in the fallback chain (provider → own forecaster → embedded profile).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from greenml.signals.base import CarbonSource, IntensitySeries, SignalError
 from greenml.signals.chain import ChainPolicy, FallbackChain
 from greenml.signals.embedded import EmbeddedSource
-from greenml.signals.file import FileSource, configmap_source
+from greenml.signals.file import FileSource
 
 if TYPE_CHECKING:
     from greenml.settings import Settings
 
 __all__ = ["CarbonSource", "IntensitySeries", "SignalError", "EmbeddedSource", "FileSource",
-           "FallbackChain", "ChainPolicy", "configmap_source", "build_source", "build_provider"]
+           "FallbackChain", "ChainPolicy", "build_source", "build_provider"]
 
 
 def _need(value: str | None, field: str, provider: str) -> str:
@@ -54,8 +54,25 @@ def build_provider(settings: "Settings") -> CarbonSource | None:
     raise SignalError(f"settings: unknown provider {p!r}", reason="Misconfigured")
 
 
-def build_source(settings: "Settings", *, policy: ChainPolicy | None = None) -> FallbackChain:
+def build_source(settings: "Settings", *, policy: ChainPolicy | None = None, kube: Any = None) -> FallbackChain:
     """The operator's CarbonSource: ``build_provider(settings)`` inside a FallbackChain
-    that ends at the embedded profile."""
+    that ends at the embedded profile. An HTTP provider's history is recorded in the
+    ConfigMap ``settings.history_configmap`` (greenml.signals.history; ``kube``: the
+    Kubernetes client to use, default one made on first use)."""
     policy = policy or ChainPolicy(forecast_ttl=settings.forecast_ttl)
-    return FallbackChain(build_provider(settings), fallback=EmbeddedSource(), policy=policy)
+    provider = build_provider(settings)
+    if provider is not None and settings.provider != "file":   # a file is its own record
+        from greenml.signals import history
+
+        store = history.history_store(settings.history_namespace or history.own_namespace(),
+                                      settings.history_configmap, kube if kube is not None else _kube_factory)
+        if store is not None:
+            provider = history.RecordedHistory(provider, store,
+                                               history.RecordPolicy(retention=settings.duration("history_retention")))
+    return FallbackChain(provider, fallback=EmbeddedSource(), policy=policy)
+
+
+def _kube_factory() -> Any:
+    from greenml.kube import Kube
+
+    return Kube()

@@ -1,4 +1,5 @@
-"""Intensity from a CSV file or a ConfigMap (air-gapped clusters, the simulator, tests).
+"""Intensity from a CSV file, or a directory of them such as a mounted ConfigMap
+(air-gapped clusters, the simulator, tests).
 
 Format: a header row; a time column named ``datetime_utc``, ``datetime``, ``from_utc``
 or ``timestamp`` (ISO 8601; naive times are UTC); and one or more numeric columns
@@ -8,6 +9,11 @@ empty cells are filled by linear interpolation and counted in ``meta["filled"]``
 
 The forecast a file serves is the file itself from ``now`` on: a *perfect* forecast,
 labelled ``meta["forecast"] = "perfect"`` (only right for replay and simulation).
+
+A directory (``GREENML_INTENSITY_FILE`` naming a mounted ConfigMap, as the Helm chart's
+``provider.intensity`` mounts it) holds one file per zone, ``<zone>.csv``, and/or
+``default.csv`` for every zone without its own. Entries whose names start with a dot
+(the kubelet's ``..data`` links) are not data.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from greenml.signals.series import SeriesSource
 from greenml.timeutil import parse_time
 
 TIME_COLUMNS = ("datetime_utc", "datetime", "from_utc", "timestamp")
+DEFAULT_STEM = "default"  # a directory's default.csv serves every zone without a <zone>.csv
 MAX_FILL_RATIO = 3.0  # a grid more than 3x the rows means the file is not regular
 
 
@@ -169,25 +176,30 @@ def load_intensity_csv(path: str | Path, *, column: str | None = None, source: s
 
 
 class FileSource(SeriesSource):
-    """Serves one CSV for every zone, or one CSV per zone (``{"DE": path, ...}``)."""
+    """Serves one CSV for every zone, one CSV per zone (``{"DE": path, ...}``), or a
+    directory of them (a mounted ConfigMap: ``<zone>.csv`` keys, ``default.csv`` for the rest)."""
 
     def __init__(self, path: str | Path | Mapping[str, str | Path], *, column: str | None = None) -> None:
         if isinstance(path, Mapping):
             series = {zone: load_intensity_csv(p, column=column) for zone, p in path.items()}
+        elif Path(path).is_dir():
+            series = _directory_series(Path(path), column=column)
         else:
             series = {"*": load_intensity_csv(path, column=column)}
         super().__init__(series, name="file")
 
 
-def configmap_source(data: Mapping[str, str], *, column: str | None = None) -> SeriesSource:
-    """A source from a ConfigMap's ``data``: keys ``<zone>.csv`` give per-zone series;
-    a single key of any other name serves every zone."""
-    if not data:
-        raise IntensityFileError("ConfigMap has no data keys")
+def _directory_series(directory: Path, *, column: str | None) -> dict[str, IntensitySeries]:
+    """``{zone: series}`` from a directory's ``<zone>.csv`` files (``default.csv``: every zone
+    without its own), e.g. a mounted ConfigMap's keys (its hidden ``..data`` /
+    ``..<timestamp>`` entries left out, key links followed)."""
+    files = [e for e in sorted(directory.iterdir()) if not e.name.startswith(".") and e.is_file()]
+    if not files:
+        raise IntensityFileError(f"{directory}: no intensity files (expected <zone>.csv or default.csv)")
     series: dict[str, IntensitySeries] = {}
-    for key, text in data.items():
-        zone = key[:-4] if key.endswith(".csv") else "*"
-        if zone == "*" and len(data) > 1:
-            raise IntensityFileError(f"ConfigMap key {key!r}: with several keys each must be named <zone>.csv")
-        series[zone] = parse_intensity_csv(text, column=column, name=f"configmap:{key}", source="configmap")
-    return SeriesSource(series, name="configmap")
+    for f in files:
+        if f.suffix != ".csv" or not f.stem:
+            raise IntensityFileError(f"{f}: not an intensity file name (expected <zone>.csv, e.g. DE.csv, "
+                                     "or default.csv for every other zone)")
+        series["*" if f.stem == DEFAULT_STEM else f.stem] = load_intensity_csv(f, column=column)
+    return series
