@@ -85,6 +85,16 @@ class Settings(BaseSettings):
     server_lifetime_years: float | None = Field(default=None, gt=0)
     gpus_per_server: int | None = Field(default=None, ge=1)
 
+    history_configmap: str = Field(default="greenml-signal-history",
+                                   pattern=r"^$|^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$",
+                                   description="ConfigMap in the operator's namespace keeping a bounded record of the "
+                                               "provider's intensity history (so the own forecaster has weeks of it "
+                                               "on a plan that serves 24 h, across restarts); empty: off")
+    history_namespace: str | None = Field(default=None, description="namespace of history_configmap; None: the "
+                                          "operator's own (its service account's); outside a cluster the record is off "
+                                          "unless this is set")
+    history_retention: str = Field(default="35d", pattern=DURATION_PATTERN,
+                                   description="how much history the record keeps per provider and zone")
     forecast_ttl: float = Field(default=300.0, ge=0, le=86400,
                                 description="seconds a provider forecast is reused per zone (fewer provider calls; "
                                             "an outage is noticed after at most this)")

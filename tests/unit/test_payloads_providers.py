@@ -124,6 +124,51 @@ def test_em_past_range_chosen_by_position_and_free_tier_falls_back_to_history(se
     assert server.requests[-2]["path"] == "/v3/carbon-intensity/past-range"
 
 
+def _past_range_from_template(req):
+    """/past-range answering the asked range hourly, each item the real body's first item
+    (em_past_range_DK-DK2.json) with its datetime moved; more than 10 days is refused as the
+    API refuses it at hourly granularity."""
+    item = json.loads(payload("em_past_range_DK-DK2.json"))["data"][0]
+    a, b = (datetime.fromisoformat(req["query"][k].replace("Z", "+00:00")) for k in ("start", "end"))
+    if b - a > timedelta(days=10):
+        return 400, {}, b'{"error": "Time range exceeds the 10 days allowed for hourly granularity"}'
+    n = int((b - a) / timedelta(hours=1))
+    rows = [{**item, "datetime": (a + timedelta(hours=i)).strftime("%Y-%m-%dT%H:%M:%S.000Z"), "carbonIntensity": i}
+            for i in range(n + 1)]   # the end hour included, as the pieces then overlap
+    return 200, {}, json.dumps({"zone": "DK-DK2", "data": rows}).encode()
+
+
+def test_em_past_range_is_asked_in_pieces_of_ten_days(server):
+    """Item 1: the chain's 14 days were one /past-range request, which the API refuses."""
+    server.routes["/v3/carbon-intensity/past-range"] = _past_range_from_template
+    now = datetime(2024, 3, 30, tzinfo=UTC)
+    h = em(server, now).history("DK-DK2", now - timedelta(days=14), now)
+    asked = [r["query"] for r in server.requests if r["path"] == "/v3/carbon-intensity/past-range"]
+    assert len(asked) == 2 and len(h) == 14 * 24 and h.step == timedelta(hours=1)
+    assert [q["start"] for q in asked] == ["2024-03-16T00:00:00Z", "2024-03-26T00:00:00Z"]
+    assert h.meta["endpoint"] == "past-range" and "partial" not in h.meta
+
+
+@pytest.mark.parametrize("status", [403, 404])
+def test_em_past_range_refused_by_plan_falls_back_to_history(server, status):
+    """Item 1: a plan without /past-range answers 403 (or 404); /history serves its 24 h."""
+    serve(server, "/v3/carbon-intensity/past-range", b'{"message": "Not available on your plan"}', status=status)
+    serve(server, "/v3/carbon-intensity/history", payload("em_history_DE_24h.json"))
+    now = datetime(2024, 3, 6, 20, tzinfo=UTC)
+    h = em(server, now).history("DE", now - timedelta(days=14), now)
+    assert len(h) == 24 and h.meta["partial"] and h.meta["endpoint"] == "history"
+
+
+def test_em_unknown_zone_is_not_a_plan_refusal(server):
+    """404 from both endpoints is the zone: UnknownZone, and /past-range stays on for the others."""
+    src = em(server, datetime(2024, 3, 6, 20, tzinfo=UTC))
+    with pytest.raises(SignalError) as exc:
+        src.history("XX", datetime(2024, 2, 1, tzinfo=UTC), datetime(2024, 2, 2, tzinfo=UTC))
+    assert exc.value.reason == "UnknownZone"
+    server.routes["/v3/carbon-intensity/past-range"] = _past_range_from_template
+    assert len(src.history("DK-DK2", datetime(2024, 2, 1, tzinfo=UTC), datetime(2024, 2, 2, tzinfo=UTC))) == 24
+
+
 def test_em_null_history_is_malformed(server):
     serve(server, None, payload("em_history_null_casdk.json"))
     now = datetime(2099, 1, 1, 1, tzinfo=UTC)

@@ -206,6 +206,33 @@ class Kube:
                             content_type="application/merge-patch+json")
 
 
+    # ---------------------------------------------------------------- ConfigMaps
+    def merge_configmap_data(self, namespace: str, name: str, data: Mapping[str, str | None], *,
+                             labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Set the given keys of a ConfigMap's ``data`` (None: remove the key) with a JSON merge
+        patch, leaving its other keys alone; create the ConfigMap when it does not exist.
+        (Read it with ``get("v1", "configmaps", namespace, name)``.)"""
+        path = path_for("v1", "configmaps", namespace, name)
+        what = f"patch ConfigMap {namespace}/{name}"
+
+        def patch() -> dict[str, Any]:
+            return self.request("PATCH", path, what, body={"data": dict(data)}, params={"fieldManager": FIELD_MANAGER},
+                                content_type="application/merge-patch+json")
+
+        try:
+            return patch()
+        except NotFound:
+            pass
+        body = {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": namespace, "labels": dict(labels or {})},
+                "data": {k: v for k, v in data.items() if v is not None}}
+        try:
+            return self.request("POST", path_for("v1", "configmaps", namespace), f"create ConfigMap {namespace}/{name}",
+                                body=body, params={"fieldManager": FIELD_MANAGER})
+        except Conflict:   # created by someone else meanwhile
+            return patch()
+
+
 def node_gpus(node: Mapping[str, Any]) -> int:
     raw = ((node.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE, 0)
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
@@ -73,6 +74,19 @@ def _series(rows: Any, time_key: str, value_key: str | tuple[str, ...], *, what:
                            {**s.meta, "quality": {"points": len(rows), **quality}})
 
 
+def _last_per(rows: Any, time_key: str) -> Any:
+    """The points of an answer with one record per time (a time listed twice keeps its last
+    record, in the place of the last); anything but a list is returned as is."""
+    if not isinstance(rows, list):
+        return rows
+    by_time: dict[Any, Any] = {}
+    for r in rows:
+        key = r[time_key] if isinstance(r, dict) and isinstance(r.get(time_key), str) else id(r)
+        by_time.pop(key, None)
+        by_time[key] = r
+    return list(by_time.values())
+
+
 def _em_flags(row: dict) -> list[str]:
     return ["estimated"] if row.get("isEstimated") is True else []
 
@@ -125,17 +139,24 @@ class ElectricityMapsSource:
     single point covers one hour).
 
     Checks: the answer's ``zone`` (when present) must be the zone asked for, else Malformed.
-    ``history`` uses /history when the range starts within the last 24 h (by the wall clock,
-    ``utcnow``), else /past-range; when /past-range is refused (401/403: a free-tier key)
-    it serves the part of the range /history covers, marked ``meta["partial"]``, and asks
-    /past-range again only after ``PAST_RANGE_RETRY`` seconds.
+    ``history`` picks the endpoint by the range's *position*: /history when the range starts
+    within the last 24 h (by the wall clock, ``utcnow``), else /past-range, asked in pieces of
+    at most ``PAST_RANGE_SPAN`` (10 days: the API's limit at hourly granularity) and for at
+    most ``PAST_RANGE_MAX`` back (older parts are left out, ``meta["partial"]``). When
+    /past-range is refused (400/401/403/404: a plan without it, e.g. the free tier) it
+    serves the part of the range /history covers, marked ``meta["partial"]``, and asks
+    /past-range again only after ``PAST_RANGE_RETRY`` seconds. Weeks of history on such a
+    plan come from the local record of what was read (greenml.signals.history).
     A 429 blocks the provider for its Retry-After (see ``_blocking``).
     """
 
     name = "electricitymaps"
     kind = "average"
     HISTORY_SPAN = timedelta(hours=24)
+    PAST_RANGE_SPAN = timedelta(days=10)   # the most one /past-range request may span (hourly)
+    PAST_RANGE_MAX = timedelta(days=60)    # the furthest back one history() call reaches
     PAST_RANGE_RETRY = 3600.0   # seconds /past-range is not asked again after a refusal
+    PAST_RANGE_REFUSED = frozenset({400, 401, 403, 404})   # the plan does not include it
 
     def __init__(self, token: str, *, base_url: str = ELECTRICITYMAPS_URL, policy: RetryPolicy = RetryPolicy(),
                  client: JsonClient | None = None, clock: Clock = time.monotonic, utcnow: UtcNow = _utcnow,
@@ -171,33 +192,51 @@ class ElectricityMapsSource:
     def _recent(self, zone: str, what: str) -> Any:
         return field_of(self._get("/v3/carbon-intensity/history", zone, what), "history", what=what)
 
+    def _past_range(self, zone: str, start: datetime, end: datetime) -> list:
+        """/past-range over [start, end) in pieces of at most PAST_RANGE_SPAN, oldest first."""
+        rows: list = []
+        a = start
+        while a < end:
+            b = min(end, a + self.PAST_RANGE_SPAN)
+            what = f"{self.name} past-range {zone}"
+            body = self._get("/v3/carbon-intensity/past-range", zone, what, start=format_time(a), end=format_time(b))
+            piece = field_of(body, "data", what=what)
+            if not isinstance(piece, list):
+                raise SignalError(f"{what}: expected a list of points", reason="Malformed")
+            rows += piece
+            a = b
+        return rows
+
+    def _refused(self, exc: SignalError) -> bool:
+        return getattr(exc, "status", None) in self.PAST_RANGE_REFUSED
+
     def history(self, zone: str, start: datetime, end: datetime) -> IntensitySeries:
         start, end = ensure_utc(start), ensure_utc(end)
         what = f"{self.name} history {zone}"
-        partial = False
-        if start >= self._utcnow() - self.HISTORY_SPAN:   # what /history serves: the last 24 h
-            rows = self._recent(zone, what)
+        now = self._utcnow()
+        partial, endpoint = False, "past-range"
+        if start >= now - self.HISTORY_SPAN:   # what /history serves: the last 24 h
+            rows, endpoint = self._recent(zone, what), "history"
         elif self._clock() < self._past_range_refused_until:  # refused lately: not asked again
-            rows, partial = self._recent(zone, what), True
+            rows, partial, endpoint = self._recent(zone, what), True, "history"
         else:
+            first = max(start, min(end, now) - self.PAST_RANGE_MAX)
+            partial = first > start
             try:
-                body = self._get("/v3/carbon-intensity/past-range", zone, f"{self.name} past-range {zone}",
-                                 start=format_time(start), end=format_time(end))
-                rows = field_of(body, "data", what=f"{self.name} past-range")
+                rows = self._past_range(zone, first, min(end, now + HOUR))
             except SignalError as exc:
-                if exc.reason != "Unauthorized":
+                if not self._refused(exc):
                     raise
+                rows, partial, endpoint = self._recent(zone, what), True, "history"   # the last 24 h only
+                # /history answered: the plan refused /past-range, not the zone (a 404 for both is the zone)
                 self._past_range_refused_until = self._clock() + self.PAST_RANGE_RETRY
-                rows, partial = self._recent(zone, what), True   # free tier: the last 24 h only
+        rows = _last_per(rows, "datetime")   # pieces meet at their ends: one point per hour
         s = _series(rows, "datetime", "carbonIntensity", what=what, source=self.name, flags=_em_flags,
                     step=HOUR if isinstance(rows, list) and len(rows) == 1 else None).window(start, end)
-        if partial:
-            if len(s) == 0:
-                raise SignalError(f"{what}: /past-range refused (plan) and /history does not reach back to "
-                                  f"{start.isoformat()}", reason="Unauthorized")
-            s = IntensitySeries(s.start, s.step, s.values, s.source, s.estimate, s.issued_at, s.kind,
-                                {**s.meta, "partial": True, "endpoint": "history"})
-        return s
+        if partial and len(s) == 0:
+            raise SignalError(f"{what}: /past-range refused (plan) and /history does not reach back to "
+                              f"{start.isoformat()}", reason="Unauthorized")
+        return replace(s, meta={**s.meta, "endpoint": endpoint, **({"partial": True} if partial else {})})
 
     def forecast(self, zone: str, now: datetime, horizon: timedelta) -> IntensitySeries:
         what = f"{self.name} forecast {zone}"
@@ -431,12 +470,7 @@ class UKCarbonSource:
         rows = self._rows(_blocking(self._client, lambda: self._client.get(path)), region is not None, what)
         if not isinstance(rows, list):
             raise SignalError(f"{what}: expected a list of periods", reason="Malformed")
-        by_from: dict[Any, Any] = {}
-        for r in rows:   # a period listed twice: the last record wins
-            key = r["from"] if isinstance(r, dict) and isinstance(r.get("from"), str) else id(r)
-            by_from.pop(key, None)
-            by_from[key] = r
-        rows = list(by_from.values())
+        rows = _last_per(rows, "from")   # a period listed twice: the last record wins
         points = [{"from": r.get("from"), "v": _uk_value(r.get("intensity"), actual),
                    # an actual wanted but absent: the period's forecast stands in
                    "forecast": actual and _actual(r.get("intensity")) is None}
