@@ -79,6 +79,10 @@ class Variant(ApiModel):
     power: PowerModel
     capacity_rps: float = Field(gt=0, description="Requests per second one replica serves.")
     patch: dict[str, Any] = Field(min_length=1, description="Strategic fields applied to the target for this variant (server-side apply).")
+    power_cap_watts: float | None = Field(
+        default=None, gt=0, le=5000,
+        description="GPU power cap per GPU (W) for this variant's pods, applied by the node agent: a variant may be "
+                    "the same model on a capped GPU (its power and capacityRps then describe the capped GPU).")
 
 
 class Policy(ApiModel):

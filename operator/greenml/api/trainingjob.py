@@ -32,11 +32,62 @@ Schedule.model_config["json_schema_extra"] = {
 }
 
 
+class CapCurvePoint(ApiModel):
+    watts: float = Field(gt=0, le=5000, description="A power cap per GPU (W).")
+    time_factor: float = Field(ge=1, le=100, description="Run time at this cap / run time uncapped (>= 1).")
+    power_factor: float = Field(gt=0, le=1.5, description="Average draw at this cap / average draw uncapped.")
+
+
+class CarbonAwareCap(ApiModel):
+    min_watts: float = Field(gt=0, le=5000, description="Lowest cap per GPU the planner may choose (W).")
+    max_watts: float = Field(gt=0, le=5000, description="Highest cap per GPU (W); at or above the GPU's limit: uncapped.")
+
+    @model_validator(mode="after")
+    def _range(self) -> "CarbonAwareCap":
+        if self.min_watts > self.max_watts:
+            raise ValueError("cap.carbonAware.minWatts must not exceed maxWatts")
+        return self
+
+
+CarbonAwareCap.model_config["json_schema_extra"] = {
+    "x-kubernetes-validations": [
+        {"rule": "self.minWatts <= self.maxWatts", "message": "cap.carbonAware.minWatts must not exceed maxWatts"},
+    ]
+}
+
+
+class PowerCap(ApiModel):
+    """GPU power cap, applied by the node agent (``greenml agent``). Absent or ``{}``: none."""
+
+    watts: float | None = Field(default=None, gt=0, le=5000, description="Static cap per GPU (W) for the whole run.")
+    carbon_aware: CarbonAwareCap | None = Field(
+        default=None, description="The planner picks a cap per window in [minWatts, maxWatts] with the windows, "
+                                  "at least carbon before the deadline (the slowdown counts against it).")
+    curve: list[CapCurvePoint] | None = Field(
+        default=None, min_length=2, max_length=32,
+        description="Run time and draw against the cap for this job (default: from gpuModel, Zeus NSDI'23 sweeps). "
+                    "The point with the most watts is the GPU uncapped.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "PowerCap":
+        if self.watts is not None and self.carbon_aware is not None:
+            raise ValueError("cap: set watts (static) or carbonAware, not both")
+        return self
+
+
+PowerCap.model_config["json_schema_extra"] = {
+    "x-kubernetes-validations": [
+        {"rule": "!(has(self.watts) && has(self.carbonAware))", "message": "cap: set watts (static) or carbonAware, not both"},
+    ]
+}
+
+
 class Power(ApiModel):
     gpus: int | None = Field(default=None, ge=0, le=4096, description="GPUs the job uses. Default: the template's nvidia.com/gpu limits.")
     gpu_model: str | None = Field(default=None, max_length=64, description="GPU model for the default watts table, e.g. A100, H100.")
     watts_per_gpu: float | None = Field(default=None, gt=0, le=5000, description="Average draw per GPU while running. Default: from gpuModel.")
     query: str | None = Field(default=None, max_length=4096, description="PromQL returning this job's power in watts; overrides the model when it answers.")
+    cap: PowerCap | None = Field(default=None, description="GPU power cap: none (default), static watts, or carbon-aware.")
 
 
 class Carbon(ApiModel):

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from greenml import API_VERSION
 from greenml.api.trainingjob import TrainingJobSpec
+from greenml.planning.power import CapCurve, CapPolicy, CurvePoint, curve_for
 from greenml.services import status_fields as f
 from greenml.timeutil import ensure_utc, format_time, parse_duration, parse_time
 
@@ -91,6 +92,9 @@ class JobRequirements:
     max_intensity: float | None = None
     budget_grams: float | None = None
     power_query: str | None = None
+    #: spec.power.cap resolved (None: no cap). With a cap, ``duration`` and ``watts`` are at
+    #: maxWatts (static: at the cap): the estimate × the curve's time / power factor
+    cap: CapPolicy | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -292,6 +296,14 @@ def resolve(body: Mapping[str, Any], defaults: Defaults, *, known_zones: Sequenc
         per_gpu, src = found, "gpu-table"
     else:
         per_gpu, src = defaults.watts_per_gpu, "default"
+    cap = resolve_cap(power, gpus)
+    if cap is not None:
+        time_factor, power_factor = cap.baseline()
+        try:
+            duration = timedelta(seconds=round(duration.total_seconds() * time_factor, 3))
+        except OverflowError:
+            raise InvalidSpec("spec.schedule.estimatedDuration", "too large once slowed by the power cap") from None
+        per_gpu *= power_factor   # the deadline stays: the slowdown counts against it
     watts = gpus * per_gpu if gpus > 0 else defaults.cpu_job_watts
 
     carbon = spec.carbon
@@ -314,7 +326,51 @@ def resolve(body: Mapping[str, Any], defaults: Defaults, *, known_zones: Sequenc
         max_intensity=carbon.max_intensity if carbon else None,
         budget_grams=carbon.budget_grams if carbon else None,
         power_query=power.query if power else None,
+        cap=cap,
     )
+
+
+def resolve_cap(power: Any, gpus: int) -> CapPolicy | None:
+    """spec.power.cap → a CapPolicy (None: no cap), or InvalidSpec. The GPU's maximum power
+    limit and the curve come from ``cap.curve`` (its highest point is the GPU uncapped) or
+    from ``gpuModel`` (the GPU table's TDP; the Zeus curve of that model, else the generic one)."""
+    cap = power.cap if power else None
+    if cap is None or (cap.watts is None and cap.carbon_aware is None):
+        return None
+    if gpus <= 0:
+        raise InvalidSpec("spec.power.cap", "a GPU power cap needs GPUs (spec.power.gpus or nvidia.com/gpu limits)")
+    if cap.curve:
+        pts = sorted(cap.curve, key=lambda p: p.watts)
+        ref = pts[-1]
+        if len({p.watts for p in pts}) != len(pts):
+            raise InvalidSpec("spec.power.cap.curve", "two points with the same watts")
+        times = [p.time_factor / ref.time_factor for p in pts]
+        if any(a < b for a, b in zip(times, times[1:])):
+            raise InvalidSpec("spec.power.cap.curve", "timeFactor must not grow with the cap (a higher cap is never slower)")
+        curve = CapCurve("spec", tuple(CurvePoint(p.watts / ref.watts, p.time_factor / ref.time_factor,
+                                                  p.power_factor / ref.power_factor) for p in pts), "spec.power.cap.curve")
+        reference, where = ref.watts, "the curve's highest point"
+    elif power.gpu_model:
+        from greenml.signals.gpus import lookup
+
+        spec = lookup(power.gpu_model)
+        if spec is None:
+            raise InvalidSpec("spec.power.gpuModel", f"unknown GPU model {power.gpu_model!r}; a power cap needs a known "
+                              "model or spec.power.cap.curve")
+        curve, reference, where = curve_for(power.gpu_model), spec.tdp_w, f"{spec.model}'s power limit"
+    else:
+        raise InvalidSpec("spec.power.cap", "a power cap needs spec.power.gpuModel (the GPU's limit and curve) "
+                          "or spec.power.cap.curve")
+    lo, hi = (cap.watts, cap.watts) if cap.watts is not None else (cap.carbon_aware.min_watts, cap.carbon_aware.max_watts)
+    field = "spec.power.cap.watts" if cap.watts is not None else "spec.power.cap.carbonAware"
+    floor = round(curve.points[0].fraction * reference, 1)
+    if lo < floor:
+        raise InvalidSpec(field, f"{lo:g} W is below the lowest cap the curve knows ({floor:g} W); "
+                          "the node agent never goes below the device's own minimum either")
+    if cap.watts is not None and cap.watts > reference:
+        raise InvalidSpec(field, f"{cap.watts:g} W is above {where} ({reference:g} W): not a cap")
+    return CapPolicy("static" if cap.watts is not None else "carbonAware", lo, min(hi, reference) if cap.watts is None else hi,
+                     reference, curve)
 
 
 def check_feasible(req: JobRequirements, now: datetime, defaults: Defaults) -> None:
@@ -451,7 +507,12 @@ def decide(req: JobRequirements, progress: Progress, job: JobObservation,
         run, reason, why = True, "RunningPastEstimate", "estimated duration reached; letting the Job finish"
     elif running and not stalled and current_run < req.min_run.total_seconds():
         run, reason, why = True, "MinRunDuration", f"run continues until minRunDuration ({req.min_run}) is reached"
-    elif now >= latest:
+    elif plan_reason == "Unplaceable" and not running:
+        # more GPUs than the capacity: starting it would only leave pods Pending for ever
+        run, reason, why = False, "Unplaceable", "needs more GPUs than the capacity; not started"
+    elif now >= latest and plan_reason != "DeadlineAtRisk":
+        # (at risk: the plan is the job's earliest room within the capacity, past its deadline;
+        # starting it at its latest start anyway would take GPUs promised to other jobs)
         run, reason, why = True, "DeadlineForced", f"latest safe start {format_time(latest)} reached"
     elif windows is None:
         run, reason, why = False, "ForecastUnavailable", f"no forecast; will start by the latest safe start {format_time(latest)}"
@@ -484,3 +545,27 @@ def decide(req: JobRequirements, progress: Progress, job: JobObservation,
         return out("none", "Running", reason, why, replace(progress, seen_running=now) if stale else progress)
     phase = "Paused" if progress.run_seconds > 0 else "Waiting"
     return out("none", phase, reason, why)
+
+
+def next_wakeup(req: JobRequirements, outcome: Outcome, windows: Sequence[tuple[datetime, datetime]] | None,
+                now: datetime, defaults: Defaults, *, retry: timedelta = timedelta(minutes=1)) -> datetime | None:
+    """The next moment at which ``decide`` can answer differently without anything being
+    observed in between: a planned window opens or closes, the latest safe start, the end of
+    minRunDuration, the estimate running out, the next heartbeat of a running job; without a
+    forecast, a retry. None: nothing time-driven (final, or waiting for an event: a Job that
+    is being created, a pod that is to start)."""
+    if outcome.phase in ("Succeeded", "Failed"):
+        return None
+    prog = outcome.progress
+    times = [outcome.latest_start]
+    for s, e in windows or ():
+        times += [s, e]
+    if prog.running_since is not None:
+        times.append(prog.running_since + req.min_run)
+        times.append(now + outcome.remaining)
+        if prog.seen_running is not None:
+            times.append(prog.seen_running + defaults.step)
+    if windows is None:
+        times.append(now + retry)
+    future = [t for t in times if t > now]
+    return min(future) if future else None
