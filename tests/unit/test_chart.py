@@ -164,14 +164,34 @@ def test_cluster_role_is_exactly_what_the_operator_uses(helm):
 
 def test_secret_access_is_one_named_secret_in_the_release_namespace(helm):
     docs = render(helm, "-f", str(ALL_ON))
-    role = the(docs, "Role")
+    (role,) = [r for r in find(docs, "Role") if any("secrets" in rule["resources"] for rule in r["rules"])]
     assert role["metadata"]["namespace"] == NAMESPACE
     assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"],
                               "resourceNames": ["greenml-provider"], "verbs": ["get"]}]
-    binding = the(docs, "RoleBinding")
+    (binding,) = find(docs, "RoleBinding", role["metadata"]["name"])
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"][0]["name"] == the(docs, "ServiceAccount")["metadata"]["name"]
     assert not find(render(helm), "Role")  # no Secret, no access
+
+
+def test_signal_history_configmap_access_in_the_operators_namespace(helm):
+    """An HTTP provider's history is recorded in one ConfigMap (greenml.signals.history):
+    get/patch that name, create (not limitable by name), in the release namespace only."""
+    docs = render(helm, "-f", str(ALL_ON))
+    (role,) = [r for r in find(docs, "Role") if r["metadata"]["name"].endswith("-signal-history")]
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [Settings().history_configmap],
+         "verbs": ["get", "patch"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]}]
+    (binding,) = find(docs, "RoleBinding", role["metadata"]["name"])
+    assert binding["subjects"][0]["name"] == the(docs, "ServiceAccount")["metadata"]["name"]
+    assert not any("configmaps" in res for _, res in rules_of(the(docs, "ClusterRole")))
+    renamed = render(helm, "-f", str(ALL_ON), "--set", "settings.history_configmap=ci-history")
+    (role,) = [r for r in find(renamed, "Role") if r["metadata"]["name"].endswith("-signal-history")]
+    assert role["rules"][0]["resourceNames"] == ["ci-history"]
+    off = render(helm, "-f", str(ALL_ON), "--set", "settings.history_configmap=")
+    assert not [r for r in find(off, "Role") if r["metadata"]["name"].endswith("-signal-history")]
 
 
 # ------------------------------------------------------------------ CRDs
