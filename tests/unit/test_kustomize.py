@@ -59,9 +59,15 @@ def test_base_rbac_equals_the_charts(kubectl):
 
 def test_overlay_reads_exactly_one_secret(kubectl):
     docs = list(_build(kubectl, "overlays/example"))
-    role = the(docs, "Role")
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"],
-                              "resourceNames": ["greenml-provider"], "verbs": ["get"]}]
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Role"}
+    assert roles["greenml-operator-provider-secret"]["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["greenml-provider"], "verbs": ["get"]}]
+    # the signal-history record: the same rules as the chart's
+    assert roles["greenml-operator-signal-history"]["rules"] == [
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["greenml-signal-history"],
+         "verbs": ["get", "patch"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]}]
+    assert set(roles) == {"greenml-operator-provider-secret", "greenml-operator-signal-history"}
     env = {e["name"]: e for e in the(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["GREENML_PROVIDER"]["value"] == "electricitymaps"
     assert env["GREENML_PROVIDER_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "greenml-provider"
