@@ -193,3 +193,54 @@ def test_work_seconds_counts_capped_time_at_its_speed():
     assert power.work_seconds(timedelta(hours=1), None, p) == 3600
     assert power.work_seconds(timedelta(hours=1), 150.0, p) == pytest.approx(3600 / 1.332)
     assert power.work_seconds(timedelta(hours=1), 150.0, policy(150, 150, "static")) == 3600
+
+
+# ------------------------------------------------------------------ the plan board
+
+def _board_req(cap):
+    from greenml.services.trainingjob import Defaults, resolve
+
+    body = {"metadata": {"name": "cap", "namespace": "ml", "creationTimestamp": "2026-12-01T00:00:00Z"},
+            "spec": {"schedule": {"deadline": "2026-12-01T12:00:00Z", "estimatedDuration": "4h", "interruptible": True,
+                                  "minRunDuration": "1h"},
+                     "power": {"gpus": 4, "gpuModel": "A40", **({"cap": cap} if cap else {})}, "carbon": {"zone": "DE"},
+                     "template": {"spec": {"template": {"spec": {"restartPolicy": "Never",
+                                                                   "containers": [{"name": "c", "image": "i"}]}}}}}}
+    return resolve(body, Defaults(zone="DE", step=timedelta(hours=1), safety_margin=timedelta(0)))
+
+
+def _board(req, capacity=None):
+    from greenml.services.board import PlanBoard
+    from greenml.services.trainingjob import Defaults, Progress
+    from greenml.signals.base import IntensitySeries
+    from greenml.signals.series import SeriesSource
+
+    values = np.array([500.0, 500.0, 100.0, 100.0, 100.0, 100.0, 100.0, 110.0, 500.0, 500.0, 500.0, 500.0] * 4)
+    series = IntensitySeries(T0, timedelta(hours=1), values, "test")
+    board = PlanBoard(Defaults(zone="DE", step=timedelta(hours=1), safety_margin=timedelta(0)),
+                      SeriesSource({"DE": series}), capacity=capacity)
+    board.observe(req, Progress(), running=False)
+    return board
+
+
+@pytest.mark.parametrize("capacity", [None, 8])
+def test_board_plans_carbon_aware_caps_and_publishes_them(capacity):
+    req = _board_req({"carbonAware": {"minWatts": 150, "maxWatts": 300}})
+    board = _board(req, capacity)
+    plan, failure = board.plan_for(req.key, T0)
+    assert failure is None and plan.caps and len(plan.caps) == len(plan.windows)
+    plain_plan, _ = _board(_board_req(None), capacity).plan_for(req.key, T0)
+    assert plan.expected_grams < plain_plan.expected_grams          # capping in the clean hours pays
+    assert plan.windows[-1][1] <= req.deadline
+    s, _ = plan.windows[0]
+    assert board.cap_for(req.key, s) == plan.caps[0]
+    assert board.cap_for(req.key, s, forced=True) is None           # forced: full speed
+    assert board.cap_for(("ml", "other"), s) is None
+
+
+def test_board_static_cap_is_published_always():
+    req = _board_req({"watts": 200})
+    board = _board(req)
+    plan, _ = board.plan_for(req.key, T0)
+    assert plan.caps == ()
+    assert board.cap_for(req.key, T0) == 200.0 and board.cap_for(req.key, T0, forced=True) == 200.0

@@ -414,47 +414,55 @@ def place_capped(f: np.ndarray, job, levels: Sequence[CapLevel], free: np.ndarra
 
 
 def plan_with_caps(jobs: Sequence, forecasts, *, step_hours: float, capacity_gpus: float | None = None,
-                   levels: Mapping[str, Sequence[CapLevel]] | None = None) -> list[tuple[object, tuple[float | None, ...]]]:
-    """``shifting.plan`` and then, for the jobs with cap levels (by ``JobSpec.name``), windows
-    and caps chosen jointly (``place_capped``) on the capacity the other jobs' plans leave;
-    a job keeps its plain plan when no capped plan emits less. Returns (JobPlan, caps) per job
-    in the input order, ``caps`` aligned with the plan's runs (W per GPU, None: no cap; () for
-    a plain plan). The narrow entry the plan board calls."""
+                   levels: Mapping[str, Sequence[CapLevel]] | None = None, **plan_options) -> list[tuple[object, tuple[float | None, ...]]]:
+    """``shifting.plan`` followed by ``refine``: (JobPlan, caps) per job, in the input order."""
+    from greenml.planning import shifting
+
+    plans = shifting.plan(jobs, forecasts, step_hours=step_hours, capacity_gpus=capacity_gpus, **plan_options)
+    refined, caps = refine(jobs, plans, forecasts, step_hours=step_hours, capacity_gpus=capacity_gpus, levels=levels)
+    return list(zip(refined, caps))
+
+
+def refine(jobs: Sequence, plans: Sequence, forecasts, *, step_hours: float, capacity_gpus: float | None = None,
+           levels: Mapping[str, Sequence[CapLevel]] | None = None) -> tuple[list, list[tuple[float | None, ...]]]:
+    """The jobs with cap levels (by ``JobSpec.name``) re-placed with windows and caps chosen
+    jointly (``place_capped``) on the capacity the other plans leave, one after another in
+    the input order; a job keeps its plain plan when no capped plan emits less (so capping
+    never raises a job's expected grams), and forced / done / at-risk plans are kept. Returns
+    the plans and, per plan, the caps aligned with its runs (W per GPU, None: no cap; () for a
+    plain plan). The narrow entry the plan board calls after ``shifting.plan``."""
     from dataclasses import replace
 
     from greenml.planning import shifting
 
-    plans = shifting.plan(jobs, forecasts, step_hours=step_hours, capacity_gpus=capacity_gpus)
+    plans = list(plans)
     levels = levels or {}
+    caps: list[tuple[float | None, ...]] = [() for _ in plans]
     if not any(levels.get(j.name) for j in jobs):
-        return [(p, ()) for p in plans]
+        return plans, caps
     horizon = max(1, max(max(j.latest_end, max(0, j.earliest) + j.remaining) for j in jobs))
     if not isinstance(forecasts, Mapping):
         forecasts = {shifting.DEFAULT_ZONE: forecasts}
     arrays = {name: shifting._extend(np.asarray(f, dtype=np.float64), horizon) for name, f in forecasts.items()}
     used = shifting.usage(plans, jobs, horizon) if capacity_gpus is not None else None
-    out: list[tuple[object, tuple[float | None, ...]]] = []
-    for job, p in zip(jobs, plans):
+    for i, (job, p) in enumerate(zip(jobs, plans)):
         lv = levels.get(job.name)
         f = arrays.get(job.zone, next(iter(arrays.values())) if len(arrays) == 1 else None)
         if (not lv or f is None or not p.runs or p.reason in (shifting.DEADLINE_FORCED, shifting.DONE)
-                or getattr(p, "at_risk", False)):
-            out.append((p, ()))
+                or getattr(p, "at_risk", False) or getattr(p, "unplaceable", False)):
             continue
         free = None
         if used is not None:
-            own = shifting.usage([p], [job], horizon)
-            free = float(capacity_gpus) - (used - own)
+            free = float(capacity_gpus) - (used - shifting.usage([p], [job], horizon))
         capped = place_capped(f, job, lv, free)
         grams = None if capped is None else capped.cost * job.power_kw * step_hours
         if capped is None or grams >= p.grams * (1 - 1e-9):
-            out.append((p, ()))
             continue
+        new = replace(p, runs=capped.runs, grams=grams)
         if used is not None:
-            used = used - shifting.usage([p], [job], horizon) + shifting.usage(
-                [replace(p, runs=capped.runs)], [job], horizon)
-        out.append((replace(p, runs=capped.runs, grams=grams), tuple(x.watts for x in capped.levels)))
-    return out
+            used = used - shifting.usage([p], [job], horizon) + shifting.usage([new], [job], horizon)
+        plans[i], caps[i] = new, tuple(x.watts for x in capped.levels)
+    return plans, caps
 
 
 # ---------------------------------------------------------------- decisions on a plan

@@ -16,7 +16,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from greenml.planning import shifting
+from greenml.planning import power, shifting
 from greenml.services.trainingjob import Defaults, JobRequirements, Progress, remaining_work
 from greenml.signals.base import CarbonSource, IntensitySeries, SignalError
 
@@ -41,6 +41,9 @@ class PlannedJob:
     computed_at: datetime
     link: str = "provider"                              # which fallback-chain link served the forecast
     fallback: tuple[tuple[str, str], ...] = ()          # (link, reason) of each link that failed before it
+    #: carbon-aware power caps (planning.power): the cap per GPU of each window, aligned with
+    #: ``windows`` (None: uncapped); () when the plan sets none
+    caps: tuple[float | None, ...] = ()
 
     @property
     def planned_start(self) -> datetime | None:
@@ -178,6 +181,18 @@ class PlanBoard:
             failure = self._failures.get(entry.req.zone) if entry else None
             return self._plans.get(key), failure
 
+    def cap_for(self, key: Key, now: datetime, *, forced: bool = False) -> float | None:
+        """The GPU power cap (W per GPU) to publish on the job's pods now, None for none: the
+        plan's cap for the window holding ``now`` (carbon-aware), the static cap, or maxWatts
+        when the deadline forces the run (``forced``) or there is no plan. Pure: see
+        planning.power.cap_to_publish."""
+        with self._lock:
+            entry, plan = self._entries.get(key), self._plans.get(key)
+            if entry is None:
+                return None
+            return power.cap_to_publish(entry.req.cap, plan.windows if plan else None,
+                                        plan.caps if plan else (), now, forced=forced)
+
     def failures(self) -> Mapping[str, ForecastFailure]:
         return dict(self._failures)
 
@@ -238,6 +253,10 @@ class PlanBoard:
                     todo.append((key, j))
             fresh = shifting.plan([j for _, j in todo], forecasts, step_hours=step_s / 3600.0,
                                   capacity_gpus=capacity) if todo else []
+            # carbon-aware power caps: windows and a cap per window, on the capacity left (planning.power)
+            fresh, caps = power.refine([j for _, j in todo], fresh, forecasts, step_hours=step_s / 3600.0,
+                                       capacity_gpus=capacity, levels=cap_levels(self._entries, todo))
+            caps_of = {key: c for (key, _), c in zip(todo, caps) if c}
             for (key, _), p in zip(todo, fresh):
                 entry = self._entries[key]
                 s = series_by_zone[entry.req.zone]
@@ -245,6 +264,8 @@ class PlanBoard:
                 sig = self.signals[entry.req.zone]
                 plans[key] = PlannedJob(windows, p.grams, p.run_now_grams, p.reason, s.source, s.estimate, now,
                                         sig.link, sig.fallback)
+                if key in caps_of:
+                    plans[key] = replace(plans[key], caps=caps_of[key])
                 self._basis[key] = _Basis(entry, _deadline_slots(entry.req, now, self.defaults) > max_slots)
             self._plans = plans
             self._last_forecast = {z: (now, f) for z, f in forecasts.items()}
@@ -334,6 +355,16 @@ class PlanBoard:
         if entry.running:
             return not entry.req.interruptible
         return not plan.windows or plan.windows[0][0] >= now
+
+
+def cap_levels(entries: Mapping[Key, Entry], todo: list[tuple[Key, shifting.JobSpec]]) -> dict[str, tuple]:
+    """Cap levels of the carbon-aware jobs in ``todo``, by planner job name."""
+    out = {}
+    for key, j in todo:
+        cap = entries[key].req.cap if key in entries else None
+        if cap is not None and cap.mode == "carbonAware":
+            out[j.name] = cap.levels()
+    return out
 
 
 def _deadline_slots(req: JobRequirements, now: datetime, defaults: Defaults) -> int:
