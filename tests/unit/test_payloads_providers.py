@@ -379,18 +379,24 @@ def test_every_payload_parses_or_raises_the_domain_error(server, name, as_status
 def test_quality_flags_are_carried(server):
     serve(server, "/v3/carbon-intensity/latest", payload("em_latest_US-CAR-DUK_estimated.json"))
     now = datetime(2024, 3, 6, 19, 30, tzinfo=UTC)
-    assert em(server, now).current("US-CAR-DUK", now).meta["quality"] == {"points": 1, "estimated": 1}
+    cur = em(server, now).current("US-CAR-DUK", now)
+    assert cur.meta["quality"] == {"points": 1, "estimated": 1} and cur.estimate   # status/metrics: estimate
     login_ok(server)
     serve(server, "/v3/historical", payload("wt_historical_aiowatttime.json"))
     a = datetime(2022, 7, 15, tzinfo=UTC)
-    assert wt(server).history("CAISO_NORTH", a, a + timedelta(minutes=10)).meta["quality"] == {"points": 2, "imputed": 2}
+    wh = wt(server).history("CAISO_NORTH", a, a + timedelta(minutes=10))
+    assert wh.meta["quality"] == {"points": 2, "imputed": 2} and wh.estimate
     serve(server, None, payload("uk_fw24h_national_emoncms.json"))   # actuals wanted, none yet
     b = datetime(2020, 5, 24, 20, 30, tzinfo=UTC)
     h = UKCarbonSource(base_url=server.url, policy=FAST).history("GB", b, b + timedelta(hours=2))
-    assert h.meta["quality"]["forecast"] == h.meta["quality"]["points"] > 0
+    assert h.meta["quality"]["forecast"] == h.meta["quality"]["points"] > 0 and h.estimate
     serve(server, None, payload("uk_pt24h_national_nmpowell.json"))
     c = datetime(2024, 1, 11, 6, tzinfo=UTC)
-    assert "forecast" not in UKCarbonSource(base_url=server.url, policy=FAST).history("GB", c, c + timedelta(hours=1)).meta["quality"]
+    actual = UKCarbonSource(base_url=server.url, policy=FAST).history("GB", c, c + timedelta(hours=1))
+    assert "forecast" not in actual.meta["quality"] and not actual.estimate
+    serve(server, "/v3/carbon-intensity/latest", payload("em_latest_FR_codecarbon.json"))
+    fr = datetime(2025, 11, 21, 19, 30, tzinfo=UTC)
+    assert not em(server, fr).current("FR", fr).estimate   # isEstimated false: measured
 
 
 @pytest.mark.parametrize("mutate", [

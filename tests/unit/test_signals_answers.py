@@ -4,14 +4,16 @@ Served from a local HTTP server on 127.0.0.1 to the real code."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
 
-from greenml.signals import FallbackChain, SignalError
+from greenml.signals import EmbeddedSource, FallbackChain, SignalError
 from greenml.signals.base import IntensitySeries
 from greenml.signals.energy import EnergyMeter, EnergyPolicy, PowerModel
+from greenml.signals.forecaster import forecast_from_history
 from greenml.signals.promql import Prometheus, PromQLSource
 from greenml.signals.providers import ElectricityMapsSource
 from greenml.signals.robust import RetryPolicy
@@ -178,16 +180,53 @@ def test_short_forecast_is_not_served_as_covering_a_longer_horizon():
     clock, prov = FakeClock(), ShortForecasts(timedelta(hours=2))
     chain = FallbackChain(prov, clock=clock)
     f = chain.forecast("DE", NOW, timedelta(hours=6))
-    assert f.end == NOW + 2 * H and f.meta["short"] and f.meta["covers_until"] == (NOW + 2 * H).isoformat()
-    # within what was asked for: served from the cache, as returned (no extension)
+    assert f.meta["short"] and f.meta["covers_until"] == (NOW + 2 * H).isoformat()
+    # the rest comes from the next link (the own forecaster on the provider's history), labelled
+    assert f.end == NOW + 6 * H and f.meta["link"] == "provider"
+    assert f.meta["extended"] == [{"link": "forecaster", "source": "forecaster(short)",
+                                   "from": (NOW + 2 * H).isoformat(), "to": (NOW + 6 * H).isoformat()}]
+    assert f.values[:2].tolist() == prov.series.window(NOW, NOW + 2 * H).values.tolist()
+    own = forecast_from_history(prov.series.window(NOW - timedelta(days=14), NOW), NOW, timedelta(hours=6))
+    assert f.values[2:].tolist() == pytest.approx(own.window(NOW + 2 * H, NOW + 6 * H).values.tolist())
+    # within what was asked for: served from the cache (the provider's part as returned)
     g = chain.forecast("DE", NOW + timedelta(minutes=30), timedelta(hours=4))
-    assert prov.calls == 1 and g.end == NOW + 2 * H and g.meta["short"]
+    assert prov.calls == 1 and g.meta["covers_until"] == (NOW + 2 * H).isoformat() and g.meta["short"]
     # an hour on, the same 6 h horizon reaches beyond what was asked for: ask again
     chain.forecast("DE", NOW + H, timedelta(hours=6))
     assert prov.calls == 2
     # a request the forecast covers is not short
     h = chain.forecast("DE", NOW + H, timedelta(hours=1))
     assert prov.calls == 2 and not h.meta["short"]
+
+
+def test_short_forecast_continued_by_forecaster_then_embedded_for_a_week():
+    """The board asks 7 days: the provider's 2 h, the own forecaster's 72 h, then the profile."""
+    chain = FallbackChain(ShortForecasts(timedelta(hours=2)))
+    f = chain.forecast("DE", NOW, timedelta(days=7))
+    assert f.end == NOW + timedelta(days=7) and [p["link"] for p in f.meta["extended"]] == ["forecaster", "embedded"]
+    assert f.meta["extended"][1]["from"] == (NOW + timedelta(hours=72)).isoformat()
+    tail = EmbeddedSource().forecast("DE", NOW, timedelta(days=7)).window(NOW + timedelta(hours=72), f.end)
+    assert f.window(NOW + timedelta(hours=72), f.end).values.tolist() == pytest.approx(tail.values.tolist())
+
+
+class MarginalShort(ShortForecasts):
+    """A marginal provider (WattTime-like) with a short forecast and no history."""
+
+    name, kind = "watttime", "marginal"
+
+    def __init__(self):
+        super().__init__(timedelta(hours=2))
+        self.series = replace(self.series, kind="marginal", source="watttime")
+
+    def history(self, zone, start, end):
+        raise SignalError("historical: plan", reason="Forbidden")
+
+
+def test_short_marginal_forecast_is_never_continued_by_an_average_profile():
+    f = FallbackChain(MarginalShort()).forecast("CAISO_NORTH", NOW, timedelta(hours=6))
+    assert f.kind == "marginal" and f.end == NOW + 2 * H and f.meta["short"] and f.meta["extended"] == []
+    assert [(x["link"], x["reason"]) for x in f.meta["extend_failed"]] == [("forecaster", "Forbidden"),
+                                                                          ("embedded", "KindMismatch")]
 
 
 def test_full_forecast_is_not_marked_short():

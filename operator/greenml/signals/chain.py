@@ -11,9 +11,13 @@ knows the main zones offline. The returned series says who served it:
 - ``meta["fallback"]``: ``[{"link": ..., "reason": ..., "message": ...}]`` for each link
   that failed before it (reasons: Timeout, Unauthorized, Forbidden, RateLimited,
   ServerError, BadQuery, Malformed, UnknownZone, Stale, InsufficientHistory, Unavailable);
-- a provider forecast also carries ``meta["covers_until"]`` (where it ends) and
-  ``meta["short"]`` (it ends before now + horizon: the provider returned less; nothing
-  here extends it).
+- a provider forecast also carries ``meta["covers_until"]`` (where the provider's answer
+  ends) and ``meta["short"]`` (it ends before now + horizon). A short one is continued on
+  the provider's grid by the next links that serve the same kind — the own forecaster (up
+  to its 72 h), then the embedded profile — each part listed in ``meta["extended"]``
+  (link, source, from, to); another kind never continues it (``meta["extend_failed"]``).
+- ``describe(series)`` reads all this into a SignalInfo: the ``SignalsDegraded`` and
+  ``SignalKindChanged`` conditions and the metric labels (source, link, kind, provider_kind).
 
 A provider that answered 429 is blocked for its Retry-After (greenml.signals.providers):
 until then its calls fail at once with RateLimited and the next link serves.
@@ -26,6 +30,8 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Callable
+
+import numpy as np
 
 from greenml.signals.base import CarbonSource, IntensitySeries, SignalError
 from greenml.signals.embedded import EmbeddedSource
@@ -135,15 +141,57 @@ class FallbackChain:
         failures: list[dict] = []
         if self.primary is not None:
             try:
-                return _mark(self._provider_forecast(zone, now, horizon), "provider", failures)
+                s = self._provider_forecast(zone, now, horizon)
+                return _mark(self._extended(s, zone, now, horizon) if s.meta.get("short") else s, "provider", failures)
             except SignalError as exc:
                 failures.append(_failure(self.primary.name, exc))
             try:
-                hist = self._history_for_forecaster(zone, now)
-                return _mark(self._forecast(hist, now, horizon, self.policy.forecaster), "forecaster", failures)
+                return _mark(self._own_forecast(zone, now, horizon), "forecaster", failures)
             except SignalError as exc:
                 failures.append(_failure(f"forecaster({self.primary.name})", exc))
         return self._fallback(lambda src: src.forecast(zone, now, horizon), failures)
+
+    def _own_forecast(self, zone: str, now: datetime, horizon: timedelta) -> IntensitySeries:
+        return self._forecast(self._history_for_forecaster(zone, now), now, horizon, self.policy.forecaster)
+
+    def _extended(self, s: IntensitySeries, zone: str, now: datetime, horizon: timedelta) -> IntensitySeries:
+        """A short provider forecast, continued towards ``now + horizon`` on the provider's grid
+        by the next links that serve the same kind: the own forecaster (up to its 72 h), then
+        the embedded profile. ``meta["extended"]`` lists each part (link, source, from, to);
+        ``covers_until`` and ``short`` still say what the provider returned. Where nothing
+        serves, the series ends where the last part ended."""
+        want = now + horizon
+        parts: list[dict] = []
+        tried: list[dict] = []
+        values = [s.values]
+        end = s.end
+        fillers: list[tuple[str, Callable[[], IntensitySeries]]] = [
+            ("forecaster", lambda: self._own_forecast(zone, now, horizon)),
+            ("embedded", lambda: self.fallback.forecast(zone, now, horizon))]
+        for link, serve in fillers:
+            if end >= want:
+                break
+            try:
+                tail = serve()
+                if tail.kind != s.kind:
+                    raise SignalError(f"{tail.source} serves {tail.kind}, the provider {s.kind}: never mixed",
+                                      reason="KindMismatch")
+                if tail.end <= end:
+                    raise SignalError(f"{tail.source} ends {tail.end.isoformat()}, not past {end.isoformat()}",
+                                      reason="Stale")
+            except SignalError as exc:
+                tried.append(_failure(link, exc))
+                continue
+            upto = min(want, tail.end)
+            k = int(-(-(upto - end).total_seconds() // s.step.total_seconds()))
+            values.append(tail.resample(end, s.step, k, fill="edge"))
+            parts.append({"link": link, "source": tail.source, "from": end.isoformat(),
+                          "to": (end + s.step * k).isoformat()})
+            end += s.step * k
+        meta = {**s.meta, "extended": parts}
+        if tried:
+            meta["extend_failed"] = tried
+        return replace(s, values=np.concatenate(values), meta=meta)
 
     def _provider_forecast(self, zone: str, now: datetime, horizon: timedelta) -> IntensitySeries:
         assert self.primary is not None
@@ -173,3 +221,79 @@ class FallbackChain:
     @staticmethod
     def _covering(s: IntensitySeries, want: datetime) -> IntensitySeries:
         return replace(s, meta={**s.meta, "covers_until": s.end.isoformat(), "short": s.end < want})
+
+
+# ------------------------------------------------------------------------------ what a series says
+@dataclass(frozen=True)
+class SignalInfo:
+    """Where a served series came from, for a status condition and metric labels
+    (``describe(series)``). Fields read the chain's meta (see the module docstring)."""
+
+    source: str
+    link: str                                  # provider | forecaster | embedded
+    kind: str                                  # the kind served
+    provider_kind: str | None                  # the provider's kind where another kind serves
+    estimate: bool
+    fallback: tuple[tuple[str, str], ...]      # (link, reason) of each link that failed first
+    short: bool = False                        # the provider's forecast ended before the horizon
+    covers_until: str | None = None            # where the provider's part ends
+    extended: tuple[tuple[str, str], ...] = ()  # (link, from) of each part after it
+    partial: bool = False                      # history not reaching back to the start asked
+    zone_map: str | None = None                # why another zone's profile serves
+
+    @property
+    def kind_changed(self) -> bool:
+        return self.provider_kind is not None and self.provider_kind != self.kind
+
+    @property
+    def degraded_reason(self) -> str | None:
+        """The first failed link's reason (as TrainingJobs report it); ``ShortForecast`` when
+        the provider answered but not for the whole horizon; None when it served in full."""
+        if self.fallback:
+            return self.fallback[0][1]
+        if self.link != "provider":
+            return f"Fallback:{self.link}"
+        if self.short:
+            return "ShortForecast"
+        return None
+
+    def conditions(self) -> list[tuple[str, bool, str, str]]:
+        """``(type, status, reason, message)``: ``SignalsDegraded`` and ``SignalKindChanged``
+        (a fallback of another kind — WattTime's marginal signal replaced by an average
+        profile — is never silent)."""
+        tried = "; ".join(f"{link}: {reason}" for link, reason in self.fallback)
+        parts = [f"intensity from {self.source} ({self.kind}{', estimate' if self.estimate else ''})"]
+        if tried:
+            parts.append(f"after {tried}")
+        if self.short:
+            then = ", then ".join(f"{link} from {start}" for link, start in self.extended) or "nothing"
+            parts.append(f"the provider's forecast ends {self.covers_until}; {then}")
+        if self.zone_map:
+            parts.append(self.zone_map)
+        reason = self.degraded_reason
+        kind_msg = (f"the provider's {self.provider_kind} signal is not served: {self.kind} intensity from "
+                    f"{self.source} stands in (not comparable; accounting and thresholds use {self.kind})"
+                    if self.kind_changed else f"{self.kind} intensity, as the provider's")
+        return [("SignalsDegraded", reason is not None, reason or "ProviderServing", "; ".join(parts)),
+                ("SignalKindChanged", self.kind_changed, "KindChanged" if self.kind_changed else "SameKind",
+                 kind_msg)]
+
+    def labels(self) -> dict[str, str]:
+        """Metric labels: ``source``, ``link``, ``kind`` (served), ``provider_kind``
+        (the provider's: equal to ``kind`` unless another kind stands in)."""
+        return {"source": self.source, "link": self.link, "kind": self.kind,
+                "provider_kind": self.provider_kind or self.kind}
+
+
+def describe(series: IntensitySeries) -> SignalInfo:
+    """What a series served by the chain says about its origin (see SignalInfo)."""
+    m = series.meta if isinstance(series.meta, dict) else {}
+    changed = m.get("kind_changed") or {}
+    return SignalInfo(
+        source=series.source, link=str(m.get("link", "provider")), kind=series.kind,
+        provider_kind=changed.get("provider") if isinstance(changed, dict) else None,
+        estimate=bool(series.estimate),
+        fallback=tuple((str(f.get("link", "?")), str(f.get("reason", "Unknown"))) for f in m.get("fallback") or ()),
+        short=bool(m.get("short")), covers_until=m.get("covers_until"),
+        extended=tuple((str(x.get("link")), str(x.get("from"))) for x in m.get("extended") or ()),
+        partial=bool(m.get("partial")), zone_map=m.get("zone_map"))

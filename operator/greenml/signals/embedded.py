@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 import numpy as np
 
 from greenml.signals.base import IntensitySeries, SignalError
+from greenml.signals.zones import ZoneMapping, profile_zone
 from greenml.timeutil import ensure_utc
 
 FEATURE_NAMES = ("c0", "a1", "b1", "a2", "b2", "a3", "b3", "s_c", "s_s", "w_c", "w_s", "e")
@@ -47,12 +48,10 @@ PROFILES: dict[str, tuple[float, ...]] = {
 }
 # Lowest value in each zone's fitting data (the profile never goes below it).
 FLOORS: dict[str, float] = {"DE": 107.1, "GB": 28.1, "US-CAL-CISO": 50.6, "US-MIDA-PJM": 265.5, "FR": 19.5}
-ALIASES = {"DE-LU": "DE", "UK": "GB", "GB-national": "GB", "CAISO": "US-CAL-CISO", "PJM": "US-MIDA-PJM"}
-# Other providers' names for areas inside a profiled zone: NESO's regions (GB-1 … GB-18),
-# WattTime's CAISO and PJM sub-regions (CAISO_NORTH, PJM_DC, …). The zone's climatology
-# stands in for the region (an estimate, like every embedded series; meta["zone"] says which).
-# (Electricity Maps' GB-NIR, GB-ORK, … are other grids: only GB-<number> maps to GB.)
-PREFIX_ALIASES = (("CAISO_", "US-CAL-CISO"), ("PJM_", "US-MIDA-PJM"))
+# Other providers' names for areas inside a profiled zone (NESO's GB-1 … GB-18, WattTime's
+# CAISO_NORTH, PJM_NJ, …) are mapped explicitly, with the reason, in greenml.signals.zones:
+# the zone's climatology stands in for the area (an estimate, like every embedded series;
+# meta["zone"] says which profile, meta["zone_map"] why).
 
 EMBEDDED_STEP = timedelta(hours=1)
 _DAY = 86400.0
@@ -80,14 +79,16 @@ def known_zones() -> list[str]:
     return sorted(PROFILES)
 
 
+def _mapping(zone: str) -> ZoneMapping:
+    m = profile_zone(zone, frozenset(PROFILES))
+    if m is None:
+        raise SignalError(f"no embedded profile for zone {zone!r}; known: {', '.join(known_zones())} and the "
+                          "providers' names for areas inside them (greenml.signals.zones)", reason="UnknownZone")
+    return m
+
+
 def _zone(zone: str) -> str:
-    z = ALIASES.get(zone) or next((to for prefix, to in PREFIX_ALIASES if zone.startswith(prefix)), zone)
-    if zone.startswith("GB-") and zone[3:].isdigit():
-        z = "GB"
-    if z not in PROFILES:
-        raise SignalError(f"no embedded profile for zone {zone!r}; known: {', '.join(known_zones())}",
-                          reason="UnknownZone")
-    return z
+    return _mapping(zone).profile
 
 
 def profile_values(zone: str, start: datetime, step: timedelta, n: int) -> np.ndarray:
@@ -116,8 +117,9 @@ class EmbeddedSource:
 
     def _series(self, zone: str, start: datetime, n: int, issued_at: datetime | None) -> IntensitySeries:
         vals = profile_values(zone, start, self.step, n)
-        return IntensitySeries(start, self.step, vals, source="embedded", estimate=True,
-                               issued_at=issued_at, meta={"zone": _zone(zone), "model": "climatology"})
+        m = _mapping(zone)
+        return IntensitySeries(start, self.step, vals, source="embedded", estimate=True, issued_at=issued_at,
+                               meta={"zone": m.profile, "model": "climatology", **({"zone_map": m.why} if m.why else {})})
 
     def _slot(self, t: datetime) -> datetime:
         base = _floor_hour(t)

@@ -70,7 +70,9 @@ def _series(rows: Any, time_key: str, value_key: str | tuple[str, ...], *, what:
     for row in rows:   # the provider's own quality flags, counted over the answer's points
         for f in flags(row) if isinstance(row, dict) else ():
             quality[f] = quality.get(f, 0) + 1
-    return IntensitySeries(s.start, s.step, s.values, s.source, s.estimate, s.issued_at, s.kind,
+    # a point the provider itself flags (estimated, imputed, a forecast standing in for an
+    # actual) makes the series an estimate, as status and metrics show it
+    return IntensitySeries(s.start, s.step, s.values, s.source, s.estimate or bool(quality), s.issued_at, s.kind,
                            {**s.meta, "quality": {"points": len(rows), **quality}})
 
 
