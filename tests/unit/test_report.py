@@ -73,7 +73,7 @@ def test_html_is_self_contained_with_inline_svg():
     page = html_page(sim_report(AccountingPolicy()))
     assert "<svg" in page and "</svg>" in page
     assert not re.search(r"<(script|img|link)\b", page), "no external resources"
-    assert "vision" in page and "2,771 g (counterfactual)" in page   # 2560 g + 211 g embodied (PUE 1)
+    assert "vision" in page and "2,771 g counterfactual" in page   # 2560 g + 211 g embodied (PUE 1)
     assert "Water: not reported" in page
 
 
@@ -92,11 +92,12 @@ def test_inference_result_periods_claim_no_savings():
                            "kwh": 2.0, "within_budget": True},
                           {"start": "2024-01-02T00:00:00Z", "end": "2024-01-03T00:00:00Z", "grams": 900.0,
                            "kwh": 3.0, "within_budget": False}], "summary": {}}
-    rows = rows_from_sim(result, AccountingPolicy(pue=1.5), path="llm.json")
-    assert [r.name for r in rows] == ["llm[0]", "llm[1]"]
-    assert rows[1].actual.operational_g == pytest.approx(1350.0)
-    assert all(r.savings is None for r in rows)
-    assert "OVER BUDGET" in rows[1].note
+    (row,) = rows_from_sim(result, AccountingPolicy(pue=1.5), path="llm.json")
+    assert row.name == "llm" and row.kind == "InferenceBudget"     # the workload, not its periods
+    assert row.actual.operational_g == pytest.approx(1400.0 * 1.5)
+    assert row.savings is None
+    assert row.note == "2 day periods, 1 within budget, 1 OVER BUDGET"
+    assert [p.spent for p in row.budget.periods] == [500.0, 900.0]
 
 
 def _tj(ns, name, created, **status):

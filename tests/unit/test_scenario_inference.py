@@ -28,7 +28,7 @@ def test_demo_load_makes_always_best_overspend_as_asked():
 
 def test_scenario_rows_pace_every_example_budget():
     cfg = ScenarioConfig()
-    rows, pictures, notes = scenario_rows(cfg, None)
+    rows, pictures, notes, spends, curves = scenario_rows(cfg, None)
     names = {r[0] for r in rows}
     assert names == {(b.get("metadata") or {}).get("name") for _, b in load_examples(cfg.examples, "InferenceBudget")}
     for r in rows:
@@ -36,3 +36,8 @@ def test_scenario_rows_pace_every_example_budget():
         assert held == total, r                     # paced: within budget every period
         assert float(r[3].replace(",", "")) < float(r[4].replace(",", ""))   # spends less than always-best
     assert all(p.segments for p in pictures) and notes
+    # each budget's picture: its own zone's curve, its spend per period in its own unit
+    assert {p.zone for p in pictures} == {s.zone for s in spends} == set(curves)
+    for s in spends:
+        assert curves[s.zone].source == f"embedded {s.zone}"
+        assert max(s.spent) <= s.budget * (1 + 1e-9) < max(s.counterfactual)   # paced holds; always-best would not

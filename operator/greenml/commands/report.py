@@ -17,6 +17,7 @@ from pathlib import Path
 
 from greenml.planning.accounting import AccountingError, AccountingPolicy, Hardware
 from greenml.report import Report, ReportError, html_page, markdown, read_jobs_power, rows_from_cluster, rows_from_sim
+from greenml.report.sources import sim_time_range
 from greenml.timeutil import parse_duration, parse_time
 
 
@@ -29,8 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=Path, default=None, metavar="JOBS.csv",
                    help="the simulator's JOBS.csv (the jobs' GPUs and watts) for a shifting result")
     p.add_argument("--namespace", "-n", action="append", default=None, help="only these namespaces (repeatable)")
-    p.add_argument("--since", default=None, help="period start: ISO time or a duration before now (e.g. 30d)")
-    p.add_argument("--until", default=None, help="period end: ISO time (default: now)")
+    p.add_argument("--since", default=None, help="period start: ISO time or a duration before now (e.g. 30d); "
+                                                  "with --from-sim, before the simulation's end")
+    p.add_argument("--until", default=None, help="period end: ISO time (default: now; with --from-sim, the "
+                                                  "simulation's end)")
     p.add_argument("--format", choices=("markdown", "html", "json"), default="markdown")
     p.add_argument("--output", "-o", type=Path, default=None, help="file to write (default: stdout)")
     p.add_argument("--title", default="greenml showback report")
@@ -75,6 +78,30 @@ def _period(args: argparse.Namespace, now: datetime) -> tuple[datetime | None, d
     return start, end
 
 
+def sim_period(args: argparse.Namespace, payload) -> tuple[datetime | None, datetime | None]:
+    """A simulation's report period: the data's own time range, narrowed by --since/--until,
+    whose durations count back from the data's end (the simulated "now"), not today."""
+    data_start, data_end = sim_time_range(payload, str(args.from_sim))
+    if data_end is None and args.since is not None and not _is_time(args.since):
+        raise ReportError(f"--since {args.since}: {args.from_sim} states no end time to count back from; "
+                          "give an ISO time")
+    start, end = _period(args, data_end or datetime.now(timezone.utc))
+    start = max(filter(None, (start, data_start)), default=None)
+    end = min(filter(None, (end, data_end)), default=None)
+    if start is not None and end is not None and end <= start:
+        raise ReportError(f"--since/--until select nothing of {args.from_sim}, which covers "
+                          f"{data_start.isoformat() if data_start else '…'} – {data_end.isoformat() if data_end else '…'}")
+    return start, end
+
+
+def _is_time(text: str) -> bool:
+    try:
+        parse_time(text)
+    except ValueError:
+        return False
+    return True
+
+
 def build(args: argparse.Namespace, now: datetime) -> Report:
     policy = policy_from_args(args)
     start, end = _period(args, now)
@@ -87,10 +114,9 @@ def build(args: argparse.Namespace, now: datetime) -> Report:
         except json.JSONDecodeError as exc:
             raise ReportError(f"{args.from_sim}: not JSON: {exc}") from None
         power = read_jobs_power(args.jobs) if args.jobs else None
-        rows = rows_from_sim(payload, policy, path=str(args.from_sim), power=power)
-        summary = payload.get("summary") or {}
-        if start is None and summary.get("start"):
-            start, end = parse_time(summary["start"]), parse_time(summary["end"]) if summary.get("end") else None
+        start, end = sim_period(args, payload)
+        rows = rows_from_sim(payload, policy, path=str(args.from_sim), power=power, start=start, end=end)
+        summary = payload.get("summary") if isinstance(payload, dict) and isinstance(payload.get("summary"), dict) else {}
         if summary.get("policy"):
             notes.append(f"simulated policy {summary['policy']}, forecast {summary.get('forecast', '?')}; "
                          f"deadlines met {summary.get('deadlines_met', '?')}/{summary.get('jobs', '?')}")

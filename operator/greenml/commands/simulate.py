@@ -180,7 +180,7 @@ def run_default(args: argparse.Namespace) -> int:
     cfg = scenario.ScenarioConfig(zone=args.zone, **({"examples": args.examples} if args.examples else {}))
     try:
         run = scenario.run_default(cfg, on_progress=_progress("simulating"))
-        extra_rows, extra_picture, extra_notes = _inference_part(cfg, run)
+        extra_rows, extra_picture, extra_notes, spends, curves = _inference_part(cfg, run)
     except (SimInputError, SignalError, ValueError) as exc:
         return _fail(str(exc))
     rows = job_rows(run.result.jobs) + extra_rows
@@ -191,12 +191,14 @@ def run_default(args: argparse.Namespace) -> int:
     for n in notes:
         print(f"note: {n}")
     by_name = {j.name: j for j in run.jobs}
+    zones = {**run.intensities, **{z: c for z, c in curves.items() if z not in run.intensities}}
     pic = plot.Picture(
-        title=f"greenml simulate — {cfg.zone}, week of {cfg.start:%Y-%m-%d}", intensity=run.result.intensity,
+        title=f"greenml simulate — week of {cfg.start:%Y-%m-%d} ({', '.join(zones)})", intensity=zones,
         start=cfg.start, end=cfg.start + timedelta(days=cfg.days),
         rows=[plot.Row(r.name, tuple(plot.Segment(s, e) for s, e in r.runs), by_name[r.name].submit,
-                       by_name[r.name].deadline) for r in run.result.jobs] + extra_picture,
-        table_html=plot.html_table(TABLE_HEADER, rows), notes=list(notes))
+                       by_name[r.name].deadline, zone=by_name[r.name].zone or cfg.zone)
+              for r in run.result.jobs] + extra_picture,
+        budgets=spends, table_html=plot.html_table(TABLE_HEADER, rows), notes=list(notes))
     args.output_dir.mkdir(parents=True, exist_ok=True)
     out = args.output_dir / "greenml-simulation.html"
     out.write_text(plot.render_html(pic), encoding="utf-8")
@@ -211,5 +213,5 @@ def _inference_part(cfg, run):
     mod = _inference_module()
     hook = getattr(mod, "scenario_rows", None) if mod else None
     if hook is None:
-        return [], [], ["InferenceBudgets skipped: the inference simulator is not available in this build."]
+        return [], [], ["InferenceBudgets skipped: the inference simulator is not available in this build."], [], {}
     return hook(cfg, run.result.intensity)

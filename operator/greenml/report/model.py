@@ -17,6 +17,29 @@ class ReportError(ValueError):
 
 
 @dataclass(frozen=True)
+class PeriodSpend:
+    start: datetime | None
+    end: datetime | None
+    spent: float                      # in the budget's unit
+    projected: float | None = None    # the operator's projection for the whole period (an open period)
+    complete: bool = True             # False: the data starts or ends inside the period
+
+
+@dataclass(frozen=True)
+class BudgetUse:
+    """An InferenceBudget's spend per period against its budget, in the budget's unit
+    (grams for a carbon budget, else kWh)."""
+    period: str                       # hour | day | week | month
+    unit: str                         # "g" | "kWh"
+    limit: float | None               # allowed per period; None: not known (no spec)
+    periods: tuple[PeriodSpend, ...]
+
+    @property
+    def within(self) -> int:
+        return sum(self.limit is None or p.spent <= self.limit * (1 + 1e-9) for p in self.periods)
+
+
+@dataclass(frozen=True)
 class Row:
     namespace: str
     name: str
@@ -25,6 +48,7 @@ class Row:
     savings: Savings | None = None    # None: no counterfactual recorded, no savings claimed
     basis: str = "measured"           # what the figures are: measured | planned (forecast) | simulated
     note: str = ""
+    budget: BudgetUse | None = None   # InferenceBudgets: the spend per period against the budget
 
 
 @dataclass(frozen=True)
@@ -68,6 +92,10 @@ class Report:
 
     def total(self) -> NamespaceTotal:
         return namespace_total("all namespaces", list(self.rows), self.policy)
+
+    def budgets(self) -> list[Row]:
+        """The rows that carry a budget, by namespace and name."""
+        return sorted((r for r in self.rows if r.budget is not None), key=lambda r: (r.namespace, r.name))
 
 
 def namespace_total(label: str, rows: Sequence[Row], policy: AccountingPolicy) -> NamespaceTotal:

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from greenml.planning.accounting import (
     AccountingError, AccountingPolicy, Footprint, Savings, footprint_from_grams,
 )
-from greenml.report.model import ReportError, Row
+from greenml.report.model import BudgetUse, PeriodSpend, ReportError, Row
 from greenml.timeutil import parse_time
 
 RUN_NOW = "run-now"
@@ -40,8 +40,11 @@ def _fp(where: str, kwh: float, grams: float, gpus: float, seconds: float, polic
 
 # ------------------------------------------------------------------ simulator
 def rows_from_sim(result: Mapping[str, Any], policy: AccountingPolicy, *, path: str = "RESULT.json",
-                  power: Mapping[str, tuple[int, float]] | None = None, namespace: str = "simulation") -> list[Row]:
-    """Rows of a ``greenml simulate shifting`` RESULT.json (jobs) or ``simulate inference`` result (periods).
+                  power: Mapping[str, tuple[int, float]] | None = None, namespace: str = "simulation",
+                  start: datetime | None = None, end: datetime | None = None) -> list[Row]:
+    """Rows of a ``greenml simulate shifting`` RESULT.json (one per job) or ``simulate
+    inference`` result (one for the budget, its periods in ``Row.budget``), counting what
+    falls in [start, end): a job's runs, a budget's periods that begin there.
 
     Shifting results carry grams and runs but not the jobs' power: ``power`` maps a job
     name to (gpus, total watts) — from the JOBS.csv the simulator read — unless the result's
@@ -52,10 +55,41 @@ def rows_from_sim(result: Mapping[str, Any], policy: AccountingPolicy, *, path: 
     if "jobs" in result:
         if power is not None:
             _check_jobs_match(result["jobs"], power, path)
-        return [_sim_job(j, i, policy, path, power or {}, namespace) for i, j in enumerate(result["jobs"])]
+        rows = [_sim_job(j, i, policy, path, power or {}, namespace, start, end) for i, j in enumerate(result["jobs"])]
+        return [r for r in rows if r is not None]
     if "periods" in result:
-        return _sim_inference(result, policy, path, namespace)
+        return _sim_inference(result, policy, path, namespace, start, end)
     raise ReportError(f"{path}: not a simulator result (no 'jobs' or 'periods')")
+
+
+def sim_time_range(result: Mapping[str, Any], path: str = "RESULT.json") -> tuple[datetime | None, datetime | None]:
+    """The time a simulator result covers: a shifting result's summary start/end, an
+    inference result's first step to the end of its last (or, without steps, its first
+    period's start to its last period's end); None where it says nothing."""
+    def when(value: Any, where: str) -> datetime | None:
+        if value in (None, ""):
+            return None
+        try:
+            return parse_time(value)
+        except (ValueError, TypeError):
+            raise ReportError(f"{path}: {where}: expected an ISO time, got {value!r}") from None
+    if not isinstance(result, Mapping):
+        return None, None
+    steps = result.get("steps")
+    if isinstance(steps, list) and len(steps) >= 2 and all(isinstance(s, Mapping) for s in steps[:2]):
+        first, second = when(steps[0].get("time"), "steps[0].time"), when(steps[1].get("time"), "steps[1].time")
+        last = when(steps[-1].get("time"), "steps[-1].time")
+        if first and second and last:
+            return first, last + (second - first)
+    periods = result.get("periods")
+    if isinstance(periods, list) and periods and all(isinstance(p, Mapping) for p in periods):
+        return when(periods[0].get("start"), "periods[0].start"), when(periods[-1].get("end"), "periods[-1].end")
+    summary = result.get("summary") if isinstance(result.get("summary"), Mapping) else {}
+    return when(summary.get("start"), "summary.start"), when(summary.get("end"), "summary.end")
+
+
+def _overlaps(s: datetime, e: datetime, start: datetime | None, end: datetime | None) -> bool:
+    return (start is None or e > start) and (end is None or s < end)
 
 
 def _check_jobs_match(jobs: Any, power: Mapping[str, tuple[int, float]], path: str) -> None:
@@ -84,7 +118,9 @@ def _check_jobs_match(jobs: Any, power: Mapping[str, tuple[int, float]], path: s
 
 
 def _sim_job(j: Mapping[str, Any], i: int, policy: AccountingPolicy, path: str,
-             power: Mapping[str, tuple[int, float]], namespace: str) -> Row:
+             power: Mapping[str, tuple[int, float]], namespace: str,
+             start: datetime | None = None, end: datetime | None = None) -> Row | None:
+    """The job's row, or None when it has runs and none of them overlaps [start, end)."""
     where = f"{path}: jobs[{i}]"
     name = j.get("name")
     if not name:
@@ -96,13 +132,16 @@ def _sim_job(j: Mapping[str, Any], i: int, policy: AccountingPolicy, path: str,
     else:
         raise ReportError(f"{where}: job {name!r} has no power in the result; pass the simulator's "
                           f"JOBS.csv (--jobs) so energy and embodied carbon can be computed")
-    seconds = 0.0
+    seconds, inside = 0.0, not j.get("runs")
     for k, run in enumerate(j.get("runs") or []):
         try:
             s, e = parse_time(run[0]), parse_time(run[1])
         except (ValueError, TypeError, IndexError):
             raise ReportError(f"{where}.runs[{k}]: expected [start, end] ISO times, got {run!r}") from None
         seconds += max(0.0, (e - s).total_seconds())
+        inside = inside or _overlaps(s, e, start, end)
+    if not inside:
+        return None
     kwh = watts * seconds / 3.6e6
     grams = _num(j.get("grams"), f"{where}.grams")
     run_now = _num(j.get("run_now_grams"), f"{where}.run_now_grams")
@@ -114,17 +153,56 @@ def _sim_job(j: Mapping[str, Any], i: int, policy: AccountingPolicy, path: str,
     return Row(ns or namespace, short, "TrainingJob", actual, Savings(actual, cf, RUN_NOW), "simulated", note)
 
 
-def _sim_inference(result: Mapping[str, Any], policy: AccountingPolicy, path: str, namespace: str) -> list[Row]:
-    rows = []
+PERIOD_SECONDS = {3600: "hour", 86400: "day", 7 * 86400: "week"}
+
+
+def _sim_inference(result: Mapping[str, Any], policy: AccountingPolicy, path: str, namespace: str,
+                   start: datetime | None = None, end: datetime | None = None) -> list[Row]:
+    """One row for the budget (a workload, not a row per period): its periods that begin
+    in [start, end) summed, and each one's spend against the budget in ``Row.budget``."""
     name = str(result.get("name") or Path(path).stem)
+    kwh = grams = 0.0
+    spent: list[PeriodSpend] = []
+    limits: set[tuple[str, float]] = set()
+    kinds: set[str] = set()
+    said_over = 0
     for i, p in enumerate(result["periods"]):
         where = f"{path}: periods[{i}]"
-        kwh, grams = _num(p.get("kwh"), f"{where}.kwh"), _num(p.get("grams"), f"{where}.grams")
-        actual = _fp(where, kwh, grams, 0, 0, policy, unit="period")
-        within = p.get("within_budget")
-        note = f"period {p.get('start', '?')} – {p.get('end', '?')}" + ("" if within in (None, True) else ", OVER BUDGET")
-        rows.append(Row(namespace, f"{name}[{i}]", "InferenceBudget", actual, None, "simulated", note))
-    return rows
+        if not isinstance(p, Mapping):
+            raise ReportError(f"{where}: expected an object")
+        try:
+            ps, pe = parse_time(p["start"]), parse_time(p["end"])
+        except (KeyError, ValueError, TypeError):
+            raise ReportError(f"{where}: expected start and end ISO times") from None
+        if start is not None and ps < start or end is not None and ps >= end:
+            continue
+        p_kwh, p_grams = _num(p.get("kwh"), f"{where}.kwh"), _num(p.get("grams"), f"{where}.grams")
+        kwh, grams = kwh + p_kwh, grams + p_grams
+        complete = p.get("complete", True) is not False
+        said_over += p.get("within_budget") is False
+        if p.get("budget_grams") is not None:
+            limits.add(("g", _num(p["budget_grams"], f"{where}.budget_grams")))
+            spent.append(PeriodSpend(ps, pe, p_grams, complete=complete))
+        elif p.get("budget_kwh") is not None:
+            limits.add(("kWh", _num(p["budget_kwh"], f"{where}.budget_kwh")))
+            spent.append(PeriodSpend(ps, pe, p_kwh, complete=complete))
+        else:
+            spent.append(PeriodSpend(ps, pe, p_grams, complete=complete))
+        kinds.add(PERIOD_SECONDS.get(int((pe - ps).total_seconds()), "month"))
+    if len(limits) > 1:
+        raise ReportError(f"{path}: periods state different budgets {sorted(limits)}")
+    (unit, limit), = limits or {("g", None)}
+    period = str(result.get("period") or (kinds.pop() if len(kinds) == 1 else "period"))
+    use = BudgetUse(period, unit, limit, tuple(spent))
+    actual = _fp(f"{path}: periods", kwh, grams, 0, 0, policy, unit="period")
+    over = len(spent) - use.within
+    if limit is None:     # no budget figures: the result's own verdicts
+        over = said_over
+    partial = sum(not p.complete for p in spent)
+    note = f"{len(spent)} {period} periods, {len(spent) - over} within budget" + (f", {over} OVER BUDGET" if over else "")
+    if partial:
+        note += f" ({partial} partial: the data starts or ends inside {'it' if partial == 1 else 'them'})"
+    return [Row(namespace, name, "InferenceBudget", actual, None, "simulated", note, use)]
 
 
 def read_jobs_power(path: Path) -> dict[str, tuple[int, float]]:
@@ -200,7 +278,30 @@ def _ib_row(obj: Mapping[str, Any], policy: AccountingPolicy) -> Row:
     actual = _fp(where, kwh, grams, 0, 0, policy, unit="period")
     note = (f"current period from {spend.get('periodStart', '?')}; variant {status.get('activeVariant', '?')}; "
             "embodied not attributed (GPUs per replica not in status)")
-    return Row(ns, name, "InferenceBudget", actual, None, "measured", note)
+    return Row(ns, name, "InferenceBudget", actual, None, "measured", note, _cluster_budget(obj, where))
+
+
+def _cluster_budget(obj: Mapping[str, Any], where: str) -> BudgetUse | None:
+    """The spec's budget and the status's current period (what the API keeps)."""
+    budget = (obj.get("spec") or {}).get("budget") or {}
+    spend = (obj.get("status") or {}).get("spend") or {}
+    if budget.get("carbonGrams") is not None:
+        unit, limit = "g", _num(budget["carbonGrams"], f"{where}: spec.budget.carbonGrams")
+        spent, projected = spend.get("grams", 0.0), spend.get("projectedGrams")
+    elif budget.get("energyKWh") is not None:
+        unit, limit = "kWh", _num(budget["energyKWh"], f"{where}: spec.budget.energyKWh")
+        spent, projected = spend.get("energyKwh", 0.0), spend.get("projectedKwh")
+    else:
+        return None
+
+    def when(key: str) -> datetime | None:
+        try:
+            return parse_time(spend[key]) if spend.get(key) else None
+        except (ValueError, TypeError):
+            raise ReportError(f"{where}: status.spend.{key}: expected an ISO time, got {spend[key]!r}") from None
+    period = PeriodSpend(when("periodStart"), when("periodEnd"), _num(spent, f"{where}: status.spend"),
+                         None if projected is None else _num(projected, f"{where}: status.spend.projected"))
+    return BudgetUse(str(budget.get("period", "day")), unit, limit, (period,))
 
 
 def list_items(payload: Mapping[str, Any], what: str) -> Sequence[Mapping[str, Any]]:

@@ -336,6 +336,8 @@ def run_cli(args: argparse.Namespace) -> int:
         print(f"greenml simulate inference: {exc}", file=sys.stderr)
         return 2
     result["offline_optimum"] = offline_reference(model, series, load)
+    # what `greenml report --from-sim` names the workload and its periods by
+    result["name"], result["period"] = _manifest_name(args.budget), model.period
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1, default=str) + "\n")
     s = result["summary"]
@@ -343,6 +345,12 @@ def run_cli(args: argparse.Namespace) -> int:
           f"{s['mean_quality']:.4f} (offline optimum {result['offline_optimum']['mean_quality']:.4f}), "
           f"{s['switches_per_day']:.2f} switches/day → {args.output}")
     return 0
+
+
+def _manifest_name(path: Path) -> str:
+    """metadata.name of the (already validated) manifest, else the file's stem."""
+    doc = yaml.safe_load(Path(path).read_text())
+    return str((doc.get("metadata") or {}).get("name") or Path(path).stem)
 
 
 def _align_load(series: IntensitySeries, start: datetime, step: timedelta, values: np.ndarray, path: Path) -> np.ndarray:
@@ -388,14 +396,15 @@ def demo_load(model: BudgetModel, ci: IntensitySeries, start: datetime, step: ti
     return diurnal_load(start, step, n, (lo + hi) / 2)
 
 
-def scenario_rows(cfg, intensity: IntensitySeries) -> tuple[list[list[str]], list, list[str]]:
+def scenario_rows(cfg, intensity: IntensitySeries) -> tuple[list[list[str]], list, list[str], list, dict]:
     """Rows of `greenml simulate` for the example InferenceBudgets over the scenario week:
-    the paced policy (the operator's decide()) against always-best as the counterfactual."""
+    the paced policy (the operator's decide()) against always-best as the counterfactual.
+    Returns (table rows, picture rows, notes, budget spend pictures, zone → curve)."""
     from greenml.signals.embedded import profile_values
     from greenml.sim import plot
     from greenml.sim.scenario import load_examples
 
-    rows, pictures, notes = [], [], []
+    rows, pictures, notes, spends, curves = [], [], [], [], {}
     step = timedelta(minutes=15)
     n = int(timedelta(days=cfg.days) / step)
     for path, body in load_examples(cfg.examples, "InferenceBudget"):
@@ -404,10 +413,11 @@ def scenario_rows(cfg, intensity: IntensitySeries) -> tuple[list[list[str]], lis
         zone = spec.zone or cfg.zone
         ci = IntensitySeries(cfg.start, step, profile_values(zone, cfg.start, step, n), source=f"embedded {zone}",
                              estimate=True)
+        curves.setdefault(zone, ci)
         model = compile_spec(spec)
         load = demo_load(model, ci, cfg.start, step, n, overspend=1.4)
         paced = simulate_inference(model, ci, load)
-        best = simulate_inference(model, ci, load, policy=always_best, steps=False)
+        best = simulate_inference(model, ci, load, policy=always_best)
         s, b = paced["summary"], best["summary"]
         held = sum(p["within_budget"] for p in paced["periods"])
         mix: dict[str, int] = {}
@@ -428,10 +438,33 @@ def scenario_rows(cfg, intensity: IntensitySeries) -> tuple[list[list[str]], lis
                 cur, since = st["variant"], t
         if cur is not None:
             segments.append(plot.Segment(since, cfg.start + step * n, cur))
-        pictures.append(plot.Row(name, tuple(segments), note="variant"))
+        pictures.append(plot.Row(name, tuple(segments), note="variant", zone=zone))
+        spends.append(spend_picture(name, zone, model, paced, best, step))
     if rows:
         notes.append("InferenceBudgets: paced by the operator's decide() on the embedded profile, with a "
                      "synthetic daily load cycle (40–160 % of its mean), the mean sized so that always serving the best variant "
                      "would spend 1.4 × the budget; "
                      "'run-now g' is always serving the best variant, 'deadline met' is periods within budget.")
-    return rows, pictures, notes
+    return rows, pictures, notes, spends, curves
+
+
+def spend_picture(name: str, zone: str, model: BudgetModel, paced: dict, best: dict, step: timedelta):
+    """A budget's spend since each period's start (carbon when it has a carbon budget,
+    else energy) for the picture, paced against ``best`` (always the best variant)."""
+    from greenml.sim import plot
+
+    key, unit, budget = (("grams", "g", model.carbon_grams) if model.carbon_grams is not None
+                         else ("kwh", "kWh", model.energy_kwh))
+    periods = tuple((parse_time(p["start"]), parse_time(p["end"])) for p in paced["periods"])
+    times = tuple(parse_time(st["time"]) + step for st in paced["steps"])
+
+    def cumulative(steps: list[dict]) -> tuple[float, ...]:
+        out, total, k = [], 0.0, 0
+        for t, st in zip(times, steps):
+            while k < len(periods) and t > periods[k][1]:
+                k, total = k + 1, 0.0
+            total += st[key]
+            out.append(total)
+        return tuple(out)
+    return plot.Spend(name, zone, unit, float(budget), model.period, periods, times, cumulative(paced["steps"]),
+                      cumulative(best["steps"]), "always the best variant")

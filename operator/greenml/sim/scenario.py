@@ -51,6 +51,7 @@ class ScenarioRun:
     jobs: list[SimJob]
     result: SimResult
     notes: list[str]
+    intensities: dict[str, IntensitySeries] = field(default_factory=dict)   # zone → the series its jobs ran on
 
 
 def load_examples(directory: Path, kind: str) -> list[tuple[Path, dict]]:
@@ -116,15 +117,16 @@ def run_default(cfg: ScenarioConfig = ScenarioConfig(), *,
                 on_progress: Callable[[float], None] | None = None) -> ScenarioRun:
     """Simulate the example jobs, each on its own zone's embedded series. Jobs share no
     capacity limit in this scenario, so each zone's jobs are simulated as one group and
-    the results merged in the jobs' order; ``result.intensity`` is the ``--zone`` series
-    (the picture's curve)."""
+    the results merged in the jobs' order; ``result.intensity`` is the ``--zone`` series,
+    ``intensities`` each zone's (the picture's curves)."""
     jobs = example_jobs(cfg)
     zones = list(dict.fromkeys(j.zone or cfg.zone for j in jobs))
     by_name = {}
     parts = []
+    curves: dict[str, IntensitySeries] = {}
     for i, zone in enumerate(zones):
         group = [j for j in jobs if (j.zone or cfg.zone) == zone]
-        actual = embedded_week(cfg, jobs, zone)
+        actual = curves[zone] = embedded_week(cfg, jobs, zone)
 
         def progress(f: float, i: int = i) -> None:
             if on_progress:
@@ -143,6 +145,4 @@ def run_default(cfg: ScenarioConfig = ScenarioConfig(), *,
     notes = [f"Carbon intensity: the embedded profile of each job's spec.carbon.zone "
              f"({', '.join(f'{z}: {c} jobs' for z, c in counts.items())}; default zone {cfg.zone}), "
              "a fitted climatology (estimate=True), used both as the actual series and as the forecast."]
-    if zones != [cfg.zone]:
-        notes.append(f"The picture shows the {cfg.zone} series; jobs in other zones were planned on their own.")
-    return ScenarioRun(cfg, jobs, result, notes)
+    return ScenarioRun(cfg, jobs, result, notes, curves)
