@@ -1,0 +1,410 @@
+"""Kueue AdmissionCheck ``greenml.io/carbon-window``: a Kueue Workload planned like a TrainingJob.
+
+Kueue admits a Workload once its quota is reserved and every AdmissionCheck on its
+ClusterQueue is ``Ready``. This module is the check's logic, pure: it knows nothing of kopf
+or the Kubernetes client, and ``now`` is always a parameter. The controller reads the
+objects, calls these functions and writes what they return (``greenml.kube.Kube``):
+
+- ``our_checks(admission_checks)``                 names of the AdmissionChecks this controller owns
+- ``admission_check_status(now, problem)``         their ``Active`` condition (a ClusterQueue with an
+                                                   inactive check admits nothing)
+- ``CheckDefaults.from_mapping(configmap_data)``   the check's defaults (ConfigMap named like the check)
+- ``queue_capacity(cluster_queue)``                nominal ``nvidia.com/gpu`` quota: the board's capacity
+- ``flavor_zone(flavor, zone_label, zone_map)``    grid zone from a ResourceFlavor's node labels
+- ``observe(workload, check, now)``                what the check needs from a Workload's status
+- ``resolve(workload, owner, defaults, ...)``      the same ``JobRequirements`` a TrainingJob resolves to
+- ``decide_check(req, obs, plan, now, defaults)``  Pending / Ready / Retry, with the message
+- ``check_patch(workload, check, decision, obs, now)``  the server-side-apply body for the Workload status
+
+Run time is Kueue's own: ``status.accumulatedPastExecutionTimeSeconds`` plus the time since
+the ``Admitted`` condition turned True, so a restart of greenml (or of Kueue) loses nothing.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Iterable, Mapping
+
+from greenml.services import status_fields as f
+from greenml.services.board import PlannedJob
+from greenml.services.trainingjob import (
+    GPU_RESOURCE,
+    Defaults,
+    InvalidSpec,
+    JobObservation,
+    JobRequirements,
+    Progress,
+    decide,
+    resolve as resolve_trainingjob,
+)
+from greenml.timeutil import format_time
+
+CONTROLLER_NAME = "greenml.io/carbon-window"
+KUEUE_API = "kueue.x-k8s.io/v1beta2"
+
+PENDING, READY, RETRY, REJECTED = "Pending", "Ready", "Retry", "Rejected"
+
+# Annotations on the Workload's owner (the batch/v1 Job, JobSet, RayJob, …) — or on the
+# Workload itself — that say how the workload may be shifted. Values as in a TrainingJob's
+# spec.schedule / spec.carbon / spec.power.
+ANN_DEADLINE = "greenml.io/deadline"                        # RFC 3339, absolute
+ANN_MAX_DELAY = "greenml.io/max-delay"                      # duration: deadline = creation + maxDelay + duration
+ANN_ESTIMATED_DURATION = "greenml.io/estimated-duration"    # duration (default: maximumExecutionTimeSeconds)
+ANN_INTERRUPTIBLE = "greenml.io/interruptible"              # "true" | "false"
+ANN_MIN_RUN = "greenml.io/min-run-duration"                 # duration, interruptible workloads
+ANN_ZONE = "greenml.io/zone"                                # grid zone; default from the ResourceFlavor
+ANN_GPU_MODEL = "greenml.io/gpu-model"                      # e.g. H100 (watts from the GPU table)
+ANN_WATTS_PER_GPU = "greenml.io/watts-per-gpu"
+ANN_MAX_INTENSITY = "greenml.io/max-intensity"              # gCO2e/kWh
+
+#: ConfigMap key (the check's defaults) → annotation that overrides it
+DEFAULT_KEYS = {
+    "maxDelay": ANN_MAX_DELAY, "estimatedDuration": ANN_ESTIMATED_DURATION, "interruptible": ANN_INTERRUPTIBLE,
+    "minRunDuration": ANN_MIN_RUN, "zone": ANN_ZONE, "gpuModel": ANN_GPU_MODEL, "wattsPerGpu": ANN_WATTS_PER_GPU,
+    "maxIntensity": ANN_MAX_INTENSITY,
+}
+
+#: a TrainingJob spec field (as resolve() reports it) → the annotation a user sets
+_ANNOTATION_OF = {
+    "spec.schedule": f"{ANN_DEADLINE} / {ANN_MAX_DELAY}",
+    "spec.schedule.deadline": ANN_DEADLINE, "spec.schedule.maxDelay": ANN_MAX_DELAY,
+    "spec.schedule.estimatedDuration": ANN_ESTIMATED_DURATION, "spec.schedule.interruptible": ANN_INTERRUPTIBLE,
+    "spec.schedule.minRunDuration": ANN_MIN_RUN, "spec.carbon.zone": ANN_ZONE,
+    "spec.carbon.maxIntensity": ANN_MAX_INTENSITY, "spec.power.gpuModel": ANN_GPU_MODEL,
+    "spec.power.wattsPerGpu": ANN_WATTS_PER_GPU,
+}
+
+#: resolve() needs a Job template; a Workload's pod sets are not one (a JobSet's or a
+#: RayJob's need not be Job-shaped), so GPUs are passed explicitly and this stands in
+_TEMPLATE = {"spec": {"template": {"spec": {"containers": [{"name": "workload", "image": "kueue-workload"}]}}}}
+
+
+# ---------------------------------------------------------------- the check itself
+
+def our_checks(admission_checks: Iterable[Mapping[str, Any]]) -> frozenset[str]:
+    """Names of the AdmissionChecks whose ``spec.controllerName`` is greenml's."""
+    return frozenset(f.mapping(ac.get("metadata")).get("name") for ac in admission_checks
+                     if f.mapping(ac.get("spec")).get("controllerName") == CONTROLLER_NAME)
+
+
+def admission_check_status(now: datetime, problem: str | None = None) -> dict[str, Any]:
+    """The AdmissionCheck's status: ``Active`` True (Kueue keeps a ClusterQueue with an inactive
+    check inactive), or False with ``problem`` (e.g. unreadable defaults)."""
+    return {"conditions": [{
+        "type": "Active", "status": "False" if problem else "True",
+        "reason": "BadParameters" if problem else "Active",
+        "message": problem or "greenml plans workloads into low-carbon windows before their deadlines",
+        "lastTransitionTime": format_time(now)}]}
+
+
+@dataclass(frozen=True)
+class CheckDefaults:
+    """Defaults for workloads whose owner does not say: the data of a ConfigMap named like the
+    AdmissionCheck, in the operator's namespace (keys: ``DEFAULT_KEYS``; Kueue's
+    ``spec.parameters`` needs an API group, so a core ConfigMap cannot be named there)."""
+
+    values: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any] | None) -> "CheckDefaults":
+        unknown = sorted(set(data or {}) - set(DEFAULT_KEYS))
+        if unknown:
+            raise InvalidSpec("data", f"unknown key(s) {', '.join(unknown)} (known: {', '.join(DEFAULT_KEYS)})")
+        return cls(tuple(sorted((k, str(v)) for k, v in (data or {}).items() if v is not None and str(v) != "")))
+
+    def annotations(self) -> dict[str, str]:
+        return {DEFAULT_KEYS[k]: v for k, v in self.values}
+
+
+# ---------------------------------------------------------------- the ClusterQueue and flavors
+
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_SUFFIX = {None: 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+           "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+
+
+def quantity(raw: Any) -> float:
+    """A Kubernetes resource quantity ("4", "500m", "2k") as a number; ValueError otherwise."""
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        return float(raw)
+    m = _QUANTITY.match(str(raw).strip())
+    if not m:
+        raise ValueError(f"not a quantity: {raw!r}")
+    return float(m.group(1)) * _SUFFIX[m.group(2)]
+
+
+def queue_capacity(cluster_queue: Mapping[str, Any], resource: str = GPU_RESOURCE) -> int | None:
+    """The ClusterQueue's nominal quota of ``resource`` over all its flavors (None: it has no
+    quota for it). Borrowing from a cohort is not counted: it is not guaranteed."""
+    total, seen = 0.0, False
+    for group in f.mapping(cluster_queue.get("spec")).get("resourceGroups") or []:
+        for flavor in f.mapping(group).get("flavors") or []:
+            for res in f.mapping(flavor).get("resources") or []:
+                if f.mapping(res).get("name") == resource:
+                    try:
+                        total += quantity(res.get("nominalQuota", 0))
+                        seen = True
+                    except ValueError:
+                        continue
+    return int(math.floor(total + 1e-9)) if seen else None
+
+
+def queue_checks(cluster_queue: Mapping[str, Any]) -> frozenset[str]:
+    """The AdmissionChecks a ClusterQueue names (v1beta1 ``admissionChecks`` and, in both
+    versions, ``admissionChecksStrategy``)."""
+    spec = f.mapping(cluster_queue.get("spec"))
+    names = {str(n) for n in spec.get("admissionChecks") or []}
+    names |= {str(f.mapping(r).get("name")) for r in f.mapping(spec.get("admissionChecksStrategy")).get("admissionChecks") or []}
+    return frozenset(names)
+
+
+def flavor_zone(flavor: Mapping[str, Any] | None, zone_label: str, zone_map: Mapping[str, str]) -> str | None:
+    """The grid zone of a ResourceFlavor: its ``nodeLabels[zone_label]`` through ``zone_map``
+    (the operator's settings.zone_map, as for nodes), or None when it says nothing."""
+    region = f.mapping(f.mapping(f.mapping(flavor).get("spec")).get("nodeLabels")).get(zone_label)
+    return zone_map.get(region) if region else None
+
+
+def assigned_flavors(workload: Mapping[str, Any], resource: str = GPU_RESOURCE) -> tuple[str, ...]:
+    """Flavors Kueue assigned to ``resource`` when it reserved quota (empty before that)."""
+    admission = f.mapping(f.mapping(workload.get("status")).get("admission"))
+    out = []
+    for psa in admission.get("podSetAssignments") or []:
+        name = f.mapping(f.mapping(psa).get("flavors")).get(resource)
+        if name and name not in out:
+            out.append(str(name))
+    return tuple(out)
+
+
+def cluster_queue_of(workload: Mapping[str, Any]) -> str | None:
+    return f.mapping(f.mapping(workload.get("status")).get("admission")).get("clusterQueue") or None
+
+
+# ---------------------------------------------------------------- the Workload
+
+def workload_gpus(workload: Mapping[str, Any], resource: str = GPU_RESOURCE) -> int:
+    """GPUs of all pod sets: count × the containers' requests (limits where no request)."""
+    total = 0
+    for i, ps in enumerate(f.mapping(workload.get("spec")).get("podSets") or []):
+        ps = f.mapping(ps)
+        pod = f.mapping(f.mapping(ps.get("template")).get("spec"))
+        per_pod = 0
+        for c in pod.get("containers") or []:
+            res = f.mapping(f.mapping(c).get("resources"))
+            raw = f.mapping(res.get("requests")).get(resource, f.mapping(res.get("limits")).get(resource, 0))
+            try:
+                per_pod += int(quantity(raw))
+            except ValueError:
+                raise InvalidSpec(f"spec.podSets[{i}]", f"{resource} must be a whole number, got {raw!r}") from None
+        try:
+            count = int(ps.get("count", 1))
+        except (TypeError, ValueError):
+            raise InvalidSpec(f"spec.podSets[{i}].count", f"not an integer: {ps.get('count')!r}") from None
+        total += per_pod * max(0, count)
+    return total
+
+
+def owner_of(workload: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """(apiVersion, kind, name) of the Workload's controlling owner (the Job, JobSet, …)."""
+    refs = f.mapping(workload.get("metadata")).get("ownerReferences") or []
+    for ref in sorted(refs, key=lambda r: not f.mapping(r).get("controller")):
+        ref = f.mapping(ref)
+        if ref.get("apiVersion") and ref.get("kind") and ref.get("name"):
+            return str(ref["apiVersion"]), str(ref["kind"]), str(ref["name"])
+    return None
+
+
+def resolve(workload: Mapping[str, Any], owner: Mapping[str, Any] | None, defaults: Defaults,
+            check_defaults: CheckDefaults = CheckDefaults(), *, zone: str | None = None) -> JobRequirements:
+    """The request the board plans, exactly as for a TrainingJob (``trainingjob.resolve``).
+
+    Annotations of the owner win over the Workload's, which win over ``check_defaults``;
+    ``zone`` (from the assigned ResourceFlavor, ``flavor_zone``) is used when none names one,
+    then the operator's default zone. ``greenml.io/max-delay`` counts from the owner's
+    creation. Without an estimated duration, Kueue's ``spec.maximumExecutionTimeSeconds``
+    stands in (an upper bound: deadlines stay safe). Raises InvalidSpec naming the annotation.
+    """
+    wl_meta = f.mapping(workload.get("metadata"))
+    own_meta = f.mapping(f.mapping(owner).get("metadata"))
+    ann = {**check_defaults.annotations(), **(wl_meta.get("annotations") or {}), **(own_meta.get("annotations") or {})}
+    if ANN_ZONE not in ann and zone:
+        ann[ANN_ZONE] = zone
+    if ANN_ESTIMATED_DURATION not in ann:
+        max_s = f.mapping(workload.get("spec")).get("maximumExecutionTimeSeconds")
+        if isinstance(max_s, int) and not isinstance(max_s, bool) and max_s > 0:
+            ann[ANN_ESTIMATED_DURATION] = f"{max_s}s"
+        else:
+            raise InvalidSpec(ANN_ESTIMATED_DURATION, "not set (nor the check's estimatedDuration, nor Kueue's "
+                              "maximumExecutionTimeSeconds): the planner needs how long the workload runs")
+    schedule: dict[str, Any] = {"estimatedDuration": ann[ANN_ESTIMATED_DURATION]}
+    if ANN_DEADLINE in ann and ANN_MAX_DELAY in {**(wl_meta.get("annotations") or {}), **(own_meta.get("annotations") or {})}:
+        raise InvalidSpec(f"{ANN_DEADLINE} / {ANN_MAX_DELAY}", "set one of them, not both")
+    if ANN_DEADLINE in ann:
+        schedule["deadline"] = ann[ANN_DEADLINE]
+    elif ANN_MAX_DELAY in ann:
+        schedule["maxDelay"] = ann[ANN_MAX_DELAY]
+    if ANN_INTERRUPTIBLE in ann:
+        raw = str(ann[ANN_INTERRUPTIBLE]).strip().lower()
+        if raw not in ("true", "false"):
+            raise InvalidSpec(ANN_INTERRUPTIBLE, f"must be \"true\" or \"false\", got {ann[ANN_INTERRUPTIBLE]!r}")
+        schedule["interruptible"] = raw == "true"
+    if ANN_MIN_RUN in ann:
+        schedule["minRunDuration"] = ann[ANN_MIN_RUN]
+    power: dict[str, Any] = {"gpus": workload_gpus(workload)}
+    if ANN_WATTS_PER_GPU in ann:
+        power["wattsPerGpu"] = ann[ANN_WATTS_PER_GPU]
+    if ANN_GPU_MODEL in ann:
+        power["gpuModel"] = ann[ANN_GPU_MODEL]
+    carbon: dict[str, Any] = {}
+    if ANN_ZONE in ann:
+        carbon["zone"] = ann[ANN_ZONE]
+    if ANN_MAX_INTENSITY in ann:
+        carbon["maxIntensity"] = ann[ANN_MAX_INTENSITY]
+    body = {"metadata": {"namespace": wl_meta.get("namespace"), "name": wl_meta.get("name"), "uid": wl_meta.get("uid"),
+                         "creationTimestamp": own_meta.get("creationTimestamp") or wl_meta.get("creationTimestamp")},
+            "spec": {"template": _TEMPLATE, "schedule": schedule, "power": power, "carbon": carbon}}
+    try:
+        return resolve_trainingjob(body, defaults)
+    except InvalidSpec as exc:
+        field = exc.field.split(" ")[0]
+        raise InvalidSpec(_ANNOTATION_OF.get(field, field), exc.message) from None
+
+
+@dataclass(frozen=True)
+class WorkloadObservation:
+    """What the check needs from a Workload's status."""
+
+    check_state: str | None          # our check's state (None: Kueue has not added it yet)
+    check_message: str
+    check_since: datetime | None     # its lastTransitionTime
+    requeue_after: int | None        # its requeueAfterSeconds
+    quota_reserved: bool
+    admitted: bool
+    finished: bool
+    progress: Progress               # Kueue's accumulated admitted time (+ the current admission)
+
+    @property
+    def running(self) -> bool:
+        return self.admitted and not self.finished
+
+
+def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    for c in status.get("conditions") or []:
+        if f.mapping(c).get("type") == kind and c.get("status") == "True":
+            return c
+    return None
+
+
+def observe(workload: Mapping[str, Any], check: str) -> WorkloadObservation:
+    st = f.mapping(workload.get("status"))
+    mine = next((f.mapping(c) for c in st.get("admissionChecks") or [] if f.mapping(c).get("name") == check), None)
+    admitted = _condition(st, "Admitted")
+    past = f.number(st.get("accumulatedPastExecutionTimeSeconds"), 0.0, minimum=0.0)
+    since = f.time((admitted or {}).get("lastTransitionTime")) if admitted else None
+    requeue = (mine or {}).get("requeueAfterSeconds")
+    return WorkloadObservation(
+        check_state=(mine or {}).get("state"), check_message=str((mine or {}).get("message") or ""),
+        check_since=f.time((mine or {}).get("lastTransitionTime")),
+        requeue_after=requeue if isinstance(requeue, int) and not isinstance(requeue, bool) else None,
+        quota_reserved=_condition(st, "QuotaReserved") is not None,
+        admitted=admitted is not None,
+        finished=_condition(st, "Finished") is not None,
+        progress=Progress(run_seconds=past, running_since=since, runs=1 if (past or since) else 0),
+    )
+
+
+# ---------------------------------------------------------------- deciding
+
+@dataclass(frozen=True)
+class CheckDecision:
+    state: str                        # Pending | Ready | Retry
+    reason: str                       # CamelCase, also the Event reason
+    message: str
+    requeue_after: int | None = None  # Retry: seconds until Kueue may admit it again (its next window)
+    next_check: datetime | None = None  # when the decision may change (requeue the workload then)
+
+    def differs(self, obs: WorkloadObservation) -> bool:
+        """Does the Workload's status need writing?"""
+        return (obs.check_state != self.state or obs.check_message != self.message
+                or (self.state == RETRY and obs.requeue_after != self.requeue_after))
+
+
+def _next_start(windows, now: datetime) -> datetime | None:
+    return min((s for s, _ in windows if s > now), default=None)
+
+
+def decide_check(req: JobRequirements, obs: WorkloadObservation, plan: PlannedJob | None, now: datetime,
+                 defaults: Defaults, *, forecast_problem: str | None = None) -> CheckDecision:
+    """The check's state, from the same decision a TrainingJob's Job gets (``trainingjob.decide``):
+
+    - the plan's window is open (or the latest safe start is reached: deadlines fail open, also
+      without a forecast) → ``Ready``; a running non-interruptible workload stays Ready;
+    - otherwise ``Pending``, its message naming the planned start;
+    - an admitted interruptible workload whose window closed (past its minimum run) → ``Retry``
+      with ``requeueAfterSeconds`` up to its next window: Kueue evicts it, releases the quota,
+      resets the check to Pending and requeues it after that delay;
+    - a finished workload keeps the state it has.
+    """
+    if obs.finished:
+        return CheckDecision(obs.check_state or READY, "Finished", obs.check_message or "workload finished")
+    windows = plan.windows if plan is not None else None
+    job = JobObservation(exists=True, suspended=not obs.admitted)
+    out = decide(req, obs.progress, job, windows, now, defaults, plan_reason=plan.reason if plan else None)
+    latest = out.latest_start
+    nxt = _next_start(windows or (), now)
+    savings = f" ({plan.savings_percent:g} % less carbon than now)" if plan is not None and plan.run_now_grams > 0 else ""
+    if out.action in ("start", "resume") or (out.action == "none" and out.phase == "Running"):
+        end = next((e for s, e in windows or () if s <= now < e), None)
+        msg = out.message.removeprefix("starting: ").removeprefix("resuming: ")
+        if out.reason == "DeadlineForced":
+            msg = f"admitted without waiting longer: {msg} (deadline {format_time(req.deadline)})"
+        elif end is not None:
+            msg = f"low-carbon window open until {format_time(end)}{savings}"
+        return CheckDecision(READY, out.reason, msg,
+                             next_check=min(end, latest) if (req.interruptible and end) else None)
+    if out.action == "pause":
+        wait = max(0, math.ceil(((min(nxt, latest) if nxt else latest) - now).total_seconds()))
+        when = format_time(nxt) if nxt else f"the latest safe start {format_time(latest)}"
+        return CheckDecision(RETRY, "WindowClosed", f"low-carbon window closed after "
+                             f"{timedelta(seconds=round(obs.progress.total(now)))} of run time; next window at {when}",
+                             requeue_after=min(wait, 2**31 - 1), next_check=min(nxt, latest) if nxt else latest)
+    # waiting (never started or paused)
+    if windows is None:
+        why = forecast_problem or "no forecast"
+        msg = f"{why}; admitted at the latest safe start {format_time(latest)} at the latest"
+        return CheckDecision(PENDING, "ForecastUnavailable", msg, next_check=latest)
+    start = nxt or latest
+    return CheckDecision(PENDING, "Planned", f"planned start {format_time(start)}{savings}; "
+                         f"deadline {format_time(req.deadline)}", next_check=min(start, latest))
+
+
+def decide_invalid(exc: InvalidSpec) -> CheckDecision:
+    """Annotations the check cannot plan with: fail open (admit now), and say why."""
+    return CheckDecision(READY, "InvalidAnnotations", f"not shifted, admitted as is: {exc}")
+
+
+def check_patch(workload: Mapping[str, Any], check: str, decision: CheckDecision, obs: WorkloadObservation,
+                now: datetime) -> dict[str, Any]:
+    """The server-side-apply body (``Kube.apply_workload_check``) that sets only this check's
+    entry of ``status.admissionChecks`` (a list keyed by name): Kueue's own entries and other
+    controllers' stay theirs. The uid makes it fail (409) on a recreated Workload."""
+    meta = f.mapping(workload.get("metadata"))
+    since = obs.check_since if (obs.check_state == decision.state and obs.check_since) else now
+    entry: dict[str, Any] = {"name": check, "state": decision.state, "message": decision.message[:32768],
+                             "lastTransitionTime": format_time(since)}
+    if decision.state == RETRY and decision.requeue_after is not None:
+        entry["requeueAfterSeconds"] = decision.requeue_after
+    return {"apiVersion": KUEUE_API, "kind": "Workload",
+            "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"),
+                         **({"uid": meta["uid"]} if meta.get("uid") else {})},
+            "status": {"admissionChecks": [entry]}}
+
+
+__all__ = [
+    "ANN_DEADLINE", "ANN_ESTIMATED_DURATION", "ANN_INTERRUPTIBLE", "ANN_MAX_DELAY", "CONTROLLER_NAME",
+    "CheckDecision", "CheckDefaults", "PENDING", "READY", "RETRY", "WorkloadObservation", "admission_check_status",
+    "assigned_flavors", "check_patch", "cluster_queue_of", "decide_check", "decide_invalid", "flavor_zone", "observe",
+    "our_checks", "owner_of", "queue_capacity", "queue_checks", "resolve", "workload_gpus",
+]

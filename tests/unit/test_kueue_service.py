@@ -1,0 +1,325 @@
+"""The Kueue AdmissionCheck greenml.io/carbon-window (services/kueue.py): pure, `now` pinned.
+
+Builders in the style of Kueue's own tests (``MakeWorkload(...).Obj()``): plain dicts, shaped
+as the API server serves kueue.x-k8s.io/v1beta2 objects.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+
+from greenml.services import kueue as kq
+from greenml.services.board import PlanBoard, PlannedJob
+from greenml.services.trainingjob import Defaults, InvalidSpec, resolve as resolve_trainingjob
+from greenml.signals.base import IntensitySeries
+from greenml.signals.series import SeriesSource
+from greenml.timeutil import format_time
+
+T0 = datetime(2026, 3, 2, 0, 0, tzinfo=timezone.utc)
+H = timedelta(hours=1)
+CHECK = "carbon-window"
+DEFAULTS = Defaults(zone="DE", safety_margin=timedelta(minutes=15), min_run=timedelta(minutes=30))
+
+
+# ---------------------------------------------------------------- builders
+
+def job(name: str = "train", **annotations: str) -> dict:
+    return {"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": name, "namespace": "ml", "uid": "job-uid", "creationTimestamp": format_time(T0),
+                         "annotations": dict(annotations)}}
+
+
+def workload(name: str = "job-train-1a2b3", gpus: int = 2, count: int = 1, *, checks: list[dict] | None = None,
+             conditions: tuple[str, ...] = (), admitted_at: datetime | None = None, accumulated: int | None = None,
+             flavor: str = "h100-eu", **spec) -> dict:
+    conds = [{"type": c, "status": "True", "reason": c, "message": "",
+              "lastTransitionTime": format_time(admitted_at or T0)} for c in conditions]
+    status: dict = {"conditions": conds, "admissionChecks": checks or []}
+    if "QuotaReserved" in conditions:
+        status["admission"] = {"clusterQueue": "gpu", "podSetAssignments": [
+            {"name": "main", "flavors": {"nvidia.com/gpu": flavor}, "count": count}]}
+    if accumulated is not None:
+        status["accumulatedPastExecutionTimeSeconds"] = accumulated
+    return {"apiVersion": kq.KUEUE_API, "kind": "Workload",
+            "metadata": {"name": name, "namespace": "ml", "uid": "wl-uid", "creationTimestamp": format_time(T0),
+                         "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "train",
+                                              "uid": "job-uid", "controller": True}]},
+            "spec": {"queueName": "team", "podSets": [{"name": "main", "count": count, "template": {"spec": {
+                "restartPolicy": "Never", "containers": [{"name": "c", "image": "trainer",
+                                                          "resources": {"requests": {"nvidia.com/gpu": str(gpus)}}}]}}}],
+                     **spec},
+            "status": status}
+
+
+def state(s: str, message: str = "", at: datetime = T0) -> dict:
+    return {"name": CHECK, "state": s, "message": message, "lastTransitionTime": format_time(at)}
+
+
+def cluster_queue(*quotas: str, checks=("carbon-window",), strategy: bool = False) -> dict:
+    flavors = [{"name": f"f{i}", "resources": [{"name": "cpu", "nominalQuota": "64"},
+                                              {"name": "nvidia.com/gpu", "nominalQuota": q}]}
+               for i, q in enumerate(quotas)]
+    spec: dict = {"resourceGroups": [{"coveredResources": ["cpu", "nvidia.com/gpu"], "flavors": flavors}]}
+    if strategy:
+        spec["admissionChecksStrategy"] = {"admissionChecks": [{"name": c} for c in checks]}
+    else:
+        spec["admissionChecks"] = list(checks)
+    return {"apiVersion": kq.KUEUE_API, "kind": "ClusterQueue", "metadata": {"name": "gpu"}, "spec": spec}
+
+
+def plan(*windows: tuple[datetime, datetime], grams: float = 60.0, now_grams: float = 100.0) -> PlannedJob:
+    return PlannedJob(tuple(windows), grams, now_grams, "Planned", "test", False, T0)
+
+
+WINDOW = (T0 + 4 * H, T0 + 6 * H)
+
+
+def req_for(wl: dict, owner: dict | None = None, **kw):
+    return kq.resolve(wl, owner if owner is not None else job(**{kq.ANN_ESTIMATED_DURATION: "2h",
+                                                                 kq.ANN_MAX_DELAY: "10h"}), DEFAULTS, **kw)
+
+
+# ---------------------------------------------------------------- the ClusterQueue and flavors
+
+@pytest.mark.parametrize("quotas, expected", [(("8",), 8), (("4", "4"), 8), (("2k",), 2000), ((), None)])
+def test_queue_capacity_is_the_nominal_gpu_quota(quotas, expected):
+    assert kq.queue_capacity(cluster_queue(*quotas)) == expected
+
+
+def test_queue_checks_both_api_shapes():
+    assert kq.queue_checks(cluster_queue("8")) == {"carbon-window"}
+    assert kq.queue_checks(cluster_queue("8", checks=("a", "b"), strategy=True)) == {"a", "b"}
+
+
+def test_our_checks_by_controller_name():
+    acs = [{"metadata": {"name": "carbon-window"}, "spec": {"controllerName": kq.CONTROLLER_NAME}},
+           {"metadata": {"name": "prov"}, "spec": {"controllerName": "kueue.x-k8s.io/provisioning-request"}}]
+    assert kq.our_checks(acs) == {"carbon-window"}
+
+
+def test_admission_check_active_condition():
+    ok = kq.admission_check_status(T0)["conditions"][0]
+    bad = kq.admission_check_status(T0, "unknown key(s) foo")["conditions"][0]
+    assert (ok["type"], ok["status"], ok["reason"]) == ("Active", "True", "Active")
+    assert (bad["status"], bad["reason"], bad["message"]) == ("False", "BadParameters", "unknown key(s) foo")
+
+
+def test_flavor_zone_through_the_zone_map():
+    flavor = {"spec": {"nodeLabels": {"topology.kubernetes.io/region": "europe-west3"}}}
+    assert kq.flavor_zone(flavor, "topology.kubernetes.io/region", {"europe-west3": "DE"}) == "DE"
+    assert kq.flavor_zone(flavor, "topology.kubernetes.io/region", {}) is None
+    assert kq.flavor_zone({"spec": {}}, "topology.kubernetes.io/region", {"europe-west3": "DE"}) is None
+
+
+def test_assigned_flavors_and_cluster_queue():
+    wl = workload(conditions=("QuotaReserved",))
+    assert kq.assigned_flavors(wl) == ("h100-eu",)
+    assert kq.cluster_queue_of(wl) == "gpu"
+    assert kq.assigned_flavors(workload()) == () and kq.cluster_queue_of(workload()) is None
+
+
+# ---------------------------------------------------------------- resolving
+
+def test_resolve_builds_the_same_request_as_a_trainingjob():
+    """The board plans a Workload exactly as the TrainingJob it would have been."""
+    owner = job(**{kq.ANN_DEADLINE: format_time(T0 + 12 * H), kq.ANN_ESTIMATED_DURATION: "3h",
+                   kq.ANN_INTERRUPTIBLE: "true", kq.ANN_MIN_RUN: "45m", kq.ANN_GPU_MODEL: "H100"})
+    got = kq.resolve(workload(gpus=2, count=2), owner, DEFAULTS, zone="FR")
+    tj = {"metadata": {"name": "job-train-1a2b3", "namespace": "ml", "uid": "wl-uid",
+                       "creationTimestamp": format_time(T0)},
+          "spec": {"template": {"spec": {"template": {"spec": {"containers": [
+              {"name": "c", "image": "trainer", "resources": {"limits": {"nvidia.com/gpu": 2}}}]}}, "parallelism": 2}},
+              "schedule": {"deadline": format_time(T0 + 12 * H), "estimatedDuration": "3h", "interruptible": True,
+                           "minRunDuration": "45m"},
+              "power": {"gpuModel": "H100"}, "carbon": {"zone": "FR"}}}
+    assert got == resolve_trainingjob(tj, DEFAULTS)
+    assert (got.gpus, got.zone, got.interruptible, got.deadline) == (4, "FR", True, T0 + 12 * H)
+
+
+def test_resolve_precedence_owner_over_workload_over_check_defaults():
+    defaults = kq.CheckDefaults.from_mapping({"maxDelay": "6h", "estimatedDuration": "1h", "zone": "GB"})
+    wl = workload()
+    wl["metadata"]["annotations"] = {kq.ANN_ESTIMATED_DURATION: "2h"}
+    req = kq.resolve(wl, job(**{kq.ANN_MAX_DELAY: "3h"}), DEFAULTS, defaults, zone="FR")
+    assert req.duration == 2 * H                          # workload over check default
+    assert req.deadline == T0 + 3 * H + 2 * H             # owner's max-delay over the default's, from creation
+    assert req.zone == "GB"                               # the check's zone over the flavor's
+    assert kq.resolve(wl, job(), DEFAULTS, kq.CheckDefaults.from_mapping({"maxDelay": "6h"}), zone="FR").zone == "FR"
+    assert kq.resolve(wl, job(), DEFAULTS, kq.CheckDefaults.from_mapping({"maxDelay": "6h"})).zone == "DE"
+
+
+def test_a_deadline_on_the_owner_wins_over_a_default_max_delay():
+    defaults = kq.CheckDefaults.from_mapping({"maxDelay": "6h", "estimatedDuration": "1h"})
+    req = kq.resolve(workload(), job(**{kq.ANN_DEADLINE: format_time(T0 + 20 * H)}), DEFAULTS, defaults)
+    assert req.deadline == T0 + 20 * H
+
+
+def test_max_execution_time_stands_in_for_the_estimate():
+    req = kq.resolve(workload(maximumExecutionTimeSeconds=5400), job(**{kq.ANN_MAX_DELAY: "1h"}), DEFAULTS)
+    assert req.duration == timedelta(minutes=90)
+
+
+@pytest.mark.parametrize("annotations, field", [
+    ({kq.ANN_MAX_DELAY: "1h"}, kq.ANN_ESTIMATED_DURATION),                                   # no estimate at all
+    ({kq.ANN_ESTIMATED_DURATION: "1h"}, f"{kq.ANN_DEADLINE} / {kq.ANN_MAX_DELAY}"),          # no deadline
+    ({kq.ANN_ESTIMATED_DURATION: "1h", kq.ANN_MAX_DELAY: "1h", kq.ANN_DEADLINE: "2026-03-03T00:00:00Z"},
+     f"{kq.ANN_DEADLINE} / {kq.ANN_MAX_DELAY}"),                                               # both
+    ({kq.ANN_ESTIMATED_DURATION: "soon", kq.ANN_MAX_DELAY: "1h"}, kq.ANN_ESTIMATED_DURATION),
+    ({kq.ANN_ESTIMATED_DURATION: "1h", kq.ANN_MAX_DELAY: "1h", kq.ANN_INTERRUPTIBLE: "yes"}, kq.ANN_INTERRUPTIBLE),
+    ({kq.ANN_ESTIMATED_DURATION: "1h", kq.ANN_MAX_DELAY: "1h", kq.ANN_GPU_MODEL: "Z80"}, kq.ANN_GPU_MODEL),
+    ({kq.ANN_ESTIMATED_DURATION: "1h", kq.ANN_MAX_DELAY: "1h", kq.ANN_WATTS_PER_GPU: "-3"}, kq.ANN_WATTS_PER_GPU),
+])
+def test_invalid_annotations_name_the_annotation(annotations, field):
+    with pytest.raises(InvalidSpec) as err:
+        kq.resolve(workload(), job(**annotations), DEFAULTS)
+    assert err.value.field == field
+
+
+def test_invalid_annotations_fail_open():
+    d = kq.decide_invalid(InvalidSpec(kq.ANN_INTERRUPTIBLE, "must be true or false"))
+    assert d.state == kq.READY and kq.ANN_INTERRUPTIBLE in d.message
+
+
+def test_unknown_default_keys_are_rejected():
+    with pytest.raises(InvalidSpec, match="deadlineX"):
+        kq.CheckDefaults.from_mapping({"deadlineX": "1h"})
+
+
+def test_bad_gpu_quantity_in_a_pod_set():
+    wl = workload()
+    wl["spec"]["podSets"][0]["template"]["spec"]["containers"][0]["resources"]["requests"]["nvidia.com/gpu"] = "lots"
+    with pytest.raises(InvalidSpec, match="podSets"):
+        req_for(wl)
+
+
+# ---------------------------------------------------------------- observing
+
+def test_progress_is_kueues_admitted_time():
+    wl = workload(conditions=("QuotaReserved", "Admitted"), admitted_at=T0 + H, accumulated=600,
+                  checks=[state("Ready", "open")])
+    obs = kq.observe(wl, CHECK)
+    assert obs.admitted and obs.quota_reserved and obs.running and obs.check_state == "Ready"
+    assert obs.progress.total(T0 + 2 * H) == 600 + 3600
+    nothing = kq.observe(workload(), CHECK)
+    assert nothing.check_state is None and not nothing.admitted and nothing.progress.total(T0) == 0
+
+
+# ---------------------------------------------------------------- deciding
+
+def decide(wl: dict, p: PlannedJob | None, now: datetime, owner: dict | None = None):
+    return kq.decide_check(req_for(wl, owner), kq.observe(wl, CHECK), p, now, DEFAULTS)
+
+
+def test_pending_with_the_planned_start_then_ready_in_the_window():
+    wl = workload(conditions=("QuotaReserved",), checks=[state("Pending")])
+    d = decide(wl, plan(WINDOW), T0 + H)
+    assert d.state == kq.PENDING and d.reason == "Planned"
+    assert format_time(WINDOW[0]) in d.message and "40 % less carbon" in d.message
+    assert d.next_check == WINDOW[0]
+    d = decide(wl, plan(WINDOW), WINDOW[0])
+    assert d.state == kq.READY and format_time(WINDOW[1]) in d.message
+
+
+def test_admitted_non_interruptible_stays_ready_after_its_window():
+    wl = workload(conditions=("QuotaReserved", "Admitted"), admitted_at=WINDOW[0], checks=[state("Ready")])
+    d = decide(wl, plan(WINDOW), WINDOW[1] + H)
+    assert d.state == kq.READY and d.reason == "Running"
+
+
+def test_interruptible_retry_when_its_window_closes_with_requeue_to_the_next():
+    owner = job(**{kq.ANN_ESTIMATED_DURATION: "3h", kq.ANN_MAX_DELAY: "20h", kq.ANN_INTERRUPTIBLE: "true"})
+    second = (T0 + 9 * H, T0 + 11 * H)
+    running = workload(conditions=("QuotaReserved", "Admitted"), admitted_at=WINDOW[0], checks=[state("Ready")])
+    d = decide(running, plan((WINDOW[0], WINDOW[0] + H), second), WINDOW[0] + H, owner)
+    assert d.state == kq.RETRY and d.reason == "WindowClosed"
+    assert d.requeue_after == int((second[0] - (WINDOW[0] + H)).total_seconds())
+    assert format_time(second[0]) in d.message
+    # Kueue evicted it and reset the check to Pending; requeued, it waits, then runs again
+    evicted = workload(conditions=("QuotaReserved",), accumulated=3600, checks=[state("Pending", "Reset to Pending")])
+    assert decide(evicted, plan(second), T0 + 7 * H, owner).state == kq.PENDING
+    assert decide(evicted, plan(second), second[0], owner).state == kq.READY
+
+
+def test_interruptible_keeps_running_until_its_minimum_run():
+    owner = job(**{kq.ANN_ESTIMATED_DURATION: "3h", kq.ANN_MAX_DELAY: "20h", kq.ANN_INTERRUPTIBLE: "true",
+                   kq.ANN_MIN_RUN: "1h"})
+    wl = workload(conditions=("QuotaReserved", "Admitted"), admitted_at=WINDOW[0], checks=[state("Ready")])
+    d = decide(wl, plan((WINDOW[0], WINDOW[0] + 10 * timedelta(minutes=5))), WINDOW[0] + timedelta(minutes=50), owner)
+    assert d.state == kq.READY and d.reason == "MinRunDuration"
+
+
+def test_deadline_fails_open_without_a_forecast():
+    wl = workload(conditions=("QuotaReserved",), checks=[state("Pending")])
+    req = req_for(wl)            # 2 h estimate, deadline T0 + 12 h, safety 15 min → latest start T0 + 9h45
+    latest = T0 + 9 * H + timedelta(minutes=45)
+    d = kq.decide_check(req, kq.observe(wl, CHECK), None, T0 + H, DEFAULTS, forecast_problem="provider down")
+    assert d.state == kq.PENDING and d.reason == "ForecastUnavailable" and "provider down" in d.message
+    assert d.next_check == latest
+    d = kq.decide_check(req, kq.observe(wl, CHECK), None, latest, DEFAULTS)
+    assert d.state == kq.READY and d.reason == "DeadlineForced"
+
+
+def test_deadline_fails_open_when_the_plan_is_too_late():
+    wl = workload(conditions=("QuotaReserved",), checks=[state("Pending")])
+    late = plan((T0 + 11 * H, T0 + 13 * H))
+    assert decide(wl, late, T0 + 9 * H + timedelta(minutes=45)).state == kq.READY
+
+
+def test_finished_keeps_its_state():
+    wl = workload(conditions=("QuotaReserved", "Admitted", "Finished"), checks=[state("Ready", "open")])
+    d = decide(wl, plan(WINDOW), T0 + 20 * H)
+    assert d.state == kq.READY and not d.differs(kq.observe(wl, CHECK))
+
+
+# ---------------------------------------------------------------- writing
+
+def test_check_patch_sets_only_our_entry_and_keeps_the_transition_time():
+    wl = workload(conditions=("QuotaReserved",), checks=[state("Pending", "old", at=T0)])
+    obs = kq.observe(wl, CHECK)
+    d = decide(wl, plan(WINDOW), T0 + H)
+    body = kq.check_patch(wl, CHECK, d, obs, T0 + H)
+    assert body["metadata"] == {"name": "job-train-1a2b3", "namespace": "ml", "uid": "wl-uid"}
+    [entry] = body["status"]["admissionChecks"]
+    assert entry["state"] == "Pending" and entry["lastTransitionTime"] == format_time(T0)   # state unchanged
+    assert "requeueAfterSeconds" not in entry and d.differs(obs)
+    ready = kq.decide_check(req_for(wl), obs, plan(WINDOW), WINDOW[0], DEFAULTS)
+    entry = kq.check_patch(wl, CHECK, ready, obs, WINDOW[0])["status"]["admissionChecks"][0]
+    assert entry["state"] == "Ready" and entry["lastTransitionTime"] == format_time(WINDOW[0])
+    retry = kq.CheckDecision(kq.RETRY, "WindowClosed", "closed", requeue_after=600)
+    assert kq.check_patch(wl, CHECK, retry, obs, T0)["status"]["admissionChecks"][0]["requeueAfterSeconds"] == 600
+
+
+def test_unchanged_decision_is_not_written_again():
+    wl = workload(conditions=("QuotaReserved",), checks=[state("Pending")])
+    d = decide(wl, plan(WINDOW), T0 + H)
+    wl["status"]["admissionChecks"] = [state(d.state, d.message)]
+    assert not decide(wl, plan(WINDOW), T0 + H).differs(kq.observe(wl, CHECK))
+
+
+# ---------------------------------------------------------------- with the real board
+
+def test_with_the_board_capacity_from_the_cluster_queue():
+    """Two 4-GPU workloads on a ClusterQueue of 4 GPUs are not planned into the same window."""
+    vals = np.full(48, 400.0)
+    vals[8:12] = 100.0                                      # one clean 2 h stretch (30 min steps)
+    source = SeriesSource(IntensitySeries(T0, timedelta(minutes=30), vals, source="test"))
+    defaults = replace(DEFAULTS, step=timedelta(minutes=30))
+    board = PlanBoard(defaults, source, capacity=kq.queue_capacity(cluster_queue("4")))
+    owner = job(**{kq.ANN_ESTIMATED_DURATION: "2h", kq.ANN_MAX_DELAY: "18h"})
+    decisions = []
+    for name in ("a", "b"):
+        wl = workload(name=name, gpus=4, conditions=("QuotaReserved",), checks=[state("Pending")])
+        req = kq.resolve(wl, owner, defaults)
+        obs = kq.observe(wl, CHECK)
+        board.observe(req, obs.progress, obs.running)
+        decisions.append((wl, req, obs))
+    now = T0 + 4 * H
+    states = []
+    for wl, req, obs in decisions:
+        p, failure = board.plan_for(req.key, now)
+        assert failure is None and p is not None
+        states.append(kq.decide_check(req, obs, p, now, defaults).state)
+    assert sorted(states) == [kq.PENDING, kq.READY]
