@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from e2e.kueue_fixture import kueue, kueue_namespace  # noqa: F401  (fixtures: Kueue, started only on request)
+
 REPO = Path(__file__).resolve().parents[1]
 PEERING_CRDS = REPO / "charts" / "greenml-operator" / "templates" / "crds" / "kopf-peering.yaml"
 E2E_DIR = Path(__file__).resolve().parent

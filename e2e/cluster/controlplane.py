@@ -3,7 +3,8 @@
 etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok, built from the Go
 modules pinned in this folder (``build.sh``), with generated PKI, RBAC authorization,
 ServiceAccount tokens, a static token and fake GPU nodes whose pods kwok schedules,
-runs and completes.
+runs and completes. Kueue (``ControlPlane.kueue``) is optional: only the tests that ask for
+it start it.
 
     python -m e2e.cluster.controlplane up [--dir DIR]   # prints KUBECONFIG=…, runs until Ctrl-C
 
@@ -12,6 +13,7 @@ The pytest session fixture in ``e2e/conftest.py`` uses :func:`start`.
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime as dt
 import ipaddress
 import os
@@ -36,6 +38,14 @@ STATIC_TOKEN_USER = "e2e-static-user"
 #: before it completes, e.g. "20s". Pods without it run until deleted.
 RUN_FOR = "e2e.greenml.io/run-for"
 REGION_LABEL = "topology.kubernetes.io/region"
+#: Kueue (optional): the namespaces whose batch/v1 Jobs it manages carry this label; its Job
+#: webhooks see only those, so a Kueue that is stopped or never started blocks no other test
+KUEUE_MANAGED_LABEL = "e2e.greenml.io/kueue"
+KUEUE_NAMESPACE = "kueue-system"
+KUEUE_FRAMEWORKS = ("batch/job",)
+#: where Kueue reads its metrics serving certificate when its internal cert management is
+#: off — a fixed path in Kueue v0.15 (cmd/kueue/main.go), not configurable
+KUEUE_METRICS_CERTS = Path("/etc/kueue/metrics/certs")
 SERVICE_CIDR = "10.0.0.0/24"
 SERVICE_IP = "10.0.0.1"
 
@@ -120,11 +130,15 @@ def _pki(d: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"ca": write_cert(ca, d / "ca.crt"), "ca_key": write_key(ca_key, d / "ca.key")}
     k, c = leaf("kube-apiserver", None, True)
     out["server"] = (write_cert(c, d / "apiserver.crt"), write_key(k, d / "apiserver.key"))
+    # Kueue's webhook server (started only by the tests that ask for it: ControlPlane.kueue)
+    k, c = leaf("kueue-webhook", None, True)
+    out["kueue-webhook"] = (write_cert(c, d / "kueue-webhook.crt"), write_key(k, d / "kueue-webhook.key"))
     # infrastructure components act as system:masters: RBAC is what we test for the operator, not for them
     for who, cn, org in (("admin", "e2e-admin", "system:masters"),
                          ("controller-manager", "system:kube-controller-manager", "system:masters"),
                          ("scheduler", "system:kube-scheduler", "system:masters"),
-                         ("kwok", "kwok-controller", "system:masters")):
+                         ("kwok", "kwok-controller", "system:masters"),
+                         ("kueue", "kueue-controller-manager", "system:masters")):
         k, c = leaf(cn, org, False)
         out[who] = (write_cert(c, d / f"{who}.crt"), write_key(k, d / f"{who}.key"))
     sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -291,6 +305,8 @@ class ControlPlane:
     pki: dict[str, Any] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     started_s: float = 0.0
+    kueue_url: str = ""        # https://127.0.0.1:<port> of Kueue's webhooks, once started
+    kueue_started_s: float = 0.0
 
     # -- one component
     def _spawn(self, name: str, args: list[str]) -> None:
@@ -401,23 +417,180 @@ class ControlPlane:
         self.started_s = time.monotonic() - t0
         return self
 
-    def stop(self) -> None:
-        for name in ("kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
-            p = self.procs.get(name)
-            if p is None or p.poll() is not None:
-                continue
-            p.send_signal(signal.SIGTERM)
+    # -- Kueue, optional (see the Kueue section below)
+    def kueue(self, frameworks: tuple[str, ...] = KUEUE_FRAMEWORKS) -> str:
+        """Start Kueue's manager out of cluster against this plane, once; its webhook URL.
+
+        Its CRDs (from the pinned module's config/components/crd, with the conversion webhooks
+        its kustomization enables) are applied, its Validating/MutatingWebhookConfigurations
+        point at ``https://127.0.0.1:<port>`` by ``url`` with this plane's CA, and it serves
+        them with a certificate from that CA. Ready when a dry-run ResourceFlavor passes
+        through its webhooks."""
+        if self.procs.get("kueue") is not None and self.procs["kueue"].poll() is None:
+            return self.kueue_url
+        t0 = time.monotonic()
+        if not (self.bin / "kueue").exists():
+            raise ControlPlaneError(f"no kueue binary in {self.bin}; e2e/cluster/build.sh builds it")
+        conf_dir = self.bin / "kueue-config"
+        d = self.dir / "kueue"
+        (d / "certs").mkdir(parents=True, exist_ok=True)
+        crt, key = self.pki["kueue-webhook"]
+        for target in (d / "certs", KUEUE_METRICS_CERTS):
             try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(crt, target / "tls.crt")
+                shutil.copyfile(key, target / "tls.key")
+            except OSError as exc:
+                raise ControlPlaneError(f"Kueue reads its certificates from {target}: {exc}") from None
+        port, health = free_port(), free_port()
+        self.kueue_url = f"https://{HOST}:{port}"
+        ca_bundle = base64.b64encode(self.ca.read_bytes()).decode()
+
+        from greenml.kube import Conflict, Kube
+        from greenml.kube.client import load_configuration
+        kube = Kube(load_configuration(str(self.kubeconfig)))
+        crds = kueue_crds(conf_dir / "crd", self.kueue_url, ca_bundle)
+        for crd in crds:
+            kube.apply("apiextensions.k8s.io/v1", "customresourcedefinitions", None, crd["metadata"]["name"], crd)
+        try:
+            kube.request("POST", "/api/v1/namespaces", "create namespace",
+                         body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": KUEUE_NAMESPACE}})
+        except Conflict:
+            pass
+
+        def established() -> bool:
+            items = kube.request("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", "list CRDs")["items"]
+            ok = {c["metadata"]["name"] for c in items
+                  if any(x["type"] == "Established" and x["status"] == "True"
+                         for x in (c.get("status") or {}).get("conditions") or [])}
+            return all(c["metadata"]["name"] in ok for c in crds)
+
+        self._wait("Kueue's CRDs Established", established, 60)
+        config = d / "config.yaml"
+        config.write_text(yaml.safe_dump(kueue_configuration(port, health, d / "certs", frameworks)))
+        write_kubeconfig(self.dir / "kueue.kubeconfig", self.server, self.ca,
+                         {"client-certificate": str(self.pki["kueue"][0]), "client-key": str(self.pki["kueue"][1])})
+        self._spawn("kueue", [f"--config={config}", f"--kubeconfig={self.dir / 'kueue.kubeconfig'}",
+                              "--zap-log-level=info"])
+        for hook in kueue_webhooks(conf_dir / "webhook" / "manifests.yaml", self.kueue_url, ca_bundle):
+            plural = hook["kind"].lower() + "s"
+            kube.apply("admissionregistration.k8s.io/v1", plural, None, hook["metadata"]["name"], hook)
+        self._wait("Kueue /readyz", lambda: urllib.request.urlopen(f"http://{HOST}:{health}/readyz", timeout=2).status == 200, 90)
+
+        def webhooks_answer() -> bool:   # through the API server: url, TLS and caBundle all work
+            kube.request("POST", "/apis/kueue.x-k8s.io/v1beta2/resourceflavors", "dry-run ResourceFlavor",
+                         body={"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor",
+                               "metadata": {"name": "e2e-probe"}}, params={"dryRun": "All"})
+            return True
+
+        self._wait("Kueue's webhooks", webhooks_answer, 60)
+        self.kueue_started_s = time.monotonic() - t0
+        return self.kueue_url
+
+    def stop_kueue(self) -> None:
+        """Stop Kueue and remove its webhook configurations (their failurePolicy is Fail)."""
+        self._terminate("kueue")
+        if not self.kueue_url:
+            return
+        from greenml.kube import Kube, NotFound
+        from greenml.kube.client import load_configuration, path_for
+        kube = Kube(load_configuration(str(self.kubeconfig)))
+        for plural, name in KUEUE_WEBHOOK_CONFIGS:
+            try:
+                kube.request("DELETE", path_for("admissionregistration.k8s.io/v1", plural, None, name), f"delete {name}")
+            except NotFound:
+                pass
+        self.kueue_url = ""
+
+    def _terminate(self, name: str) -> None:
+        p = self.procs.get(name)
+        if p is None or p.poll() is not None:
+            return
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+    def stop(self) -> None:
+        for name in ("kueue", "kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
+            self._terminate(name)
 
     def __enter__(self) -> "ControlPlane":
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+# ------------------------------------------------------------------ Kueue (optional)
+KUEUE_WEBHOOK_CONFIGS = (("mutatingwebhookconfigurations", "greenml-e2e-kueue-mutating"),
+                         ("validatingwebhookconfigurations", "greenml-e2e-kueue-validating"))
+#: API groups whose webhooks are installed: Kueue's own objects and the enabled frameworks'
+#: (batch/job); the other frameworks' webhooks are not served by a Kueue without them
+_KUEUE_WEBHOOK_GROUPS = {"kueue.x-k8s.io", "batch"}
+
+
+def kueue_crds(crd_dir: Path, url: str, ca_bundle: str) -> list[dict[str, Any]]:
+    """Kueue's CRDs from its module (config/components/crd/bases), with the conversion
+    webhook its kustomization patches in (webhook_in_*.yaml) pointed at ``url``/convert."""
+    kustomization = yaml.safe_load((crd_dir / "kustomization.yaml").read_text())
+    converted = set()
+    for patch in kustomization.get("patches") or []:
+        doc = yaml.safe_load((crd_dir / patch["path"]).read_text())
+        if ((doc.get("spec") or {}).get("conversion") or {}).get("strategy") == "Webhook":
+            converted.add(doc["metadata"]["name"])
+    crds = [yaml.safe_load((crd_dir / r).read_text()) for r in kustomization["resources"]]
+    for crd in crds:
+        if crd["metadata"]["name"] in converted:
+            crd["spec"]["conversion"] = {"strategy": "Webhook", "webhook": {
+                "clientConfig": {"url": f"{url}/convert", "caBundle": ca_bundle},
+                "conversionReviewVersions": ["v1"]}}
+    return crds
+
+
+def kueue_webhooks(manifests: Path, url: str, ca_bundle: str) -> list[dict[str, Any]]:
+    """Kueue's Mutating/ValidatingWebhookConfigurations (config/components/webhook), reduced
+    to Kueue's own objects and batch/v1 Jobs, called by ``url`` with this plane's CA; the Job
+    webhooks only for namespaces labelled KUEUE_MANAGED_LABEL=true."""
+    names = dict((plural[:-1], name) for plural, name in KUEUE_WEBHOOK_CONFIGS)
+    out = []
+    for doc in yaml.safe_load_all(manifests.read_text()):
+        if not doc:
+            continue
+        hooks = []
+        for hook in doc["webhooks"]:
+            groups = {g for rule in hook["rules"] for g in rule["apiGroups"]}
+            if not groups <= _KUEUE_WEBHOOK_GROUPS:
+                continue
+            hook["clientConfig"] = {"url": url + hook["clientConfig"]["service"]["path"], "caBundle": ca_bundle}
+            if "batch" in groups:
+                hook["namespaceSelector"] = {"matchLabels": {KUEUE_MANAGED_LABEL: "true"}}
+            hooks.append(hook)
+        out.append({"apiVersion": doc["apiVersion"], "kind": doc["kind"],
+                    "metadata": {"name": names[doc["kind"].lower()]}, "webhooks": hooks})
+    return out
+
+
+def kueue_configuration(webhook_port: int, health_port: int, cert_dir: Path,
+                        frameworks: tuple[str, ...] = KUEUE_FRAMEWORKS) -> dict[str, Any]:
+    """Kueue's manager configuration (config.kueue.x-k8s.io/v1beta2) for running out of cluster."""
+    return {
+        "apiVersion": "config.kueue.x-k8s.io/v1beta2", "kind": "Configuration",
+        "namespace": KUEUE_NAMESPACE,
+        "manageJobsWithoutQueueName": False,
+        "managedJobsNamespaceSelector": {"matchLabels": {KUEUE_MANAGED_LABEL: "true"}},
+        # its cert rotator would issue a certificate for <service>.<namespace>.svc only
+        "internalCertManagement": {"enable": False},
+        "webhook": {"host": HOST, "port": webhook_port, "certDir": str(cert_dir)},
+        "health": {"healthProbeBindAddress": f"{HOST}:{health_port}"},
+        "metrics": {"bindAddress": f"{HOST}:{free_port()}"},
+        "leaderElection": {"leaderElect": False},
+        "integrations": {"frameworks": list(frameworks)},
+        # the visibility API is an aggregated API server of its own: not needed here
+        "featureGates": {"VisibilityOnDemand": False},
+    }
 
 
 DEFAULT_NODES = [fake_node("gpu-node-a", 4, "europe-west3"), fake_node("gpu-node-b", 4, "europe-west3")]
@@ -437,12 +610,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m e2e.cluster.controlplane")
     ap.add_argument("command", choices=["build", "up"])
     ap.add_argument("--dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "greenml-e2e-cluster")
+    ap.add_argument("--kueue", action="store_true", help="start Kueue too (batch/job; label namespaces "
+                    f"{KUEUE_MANAGED_LABEL}=true for it to manage their Jobs)")
     args = ap.parse_args(argv)
     if args.command == "build":
         print(build())
         return 0
     shutil.rmtree(args.dir, ignore_errors=True)
     cp = start(args.dir)
+    if args.kueue:
+        try:
+            cp.kueue()
+        except BaseException:
+            cp.stop()
+            raise
+        print(f"Kueue up in {cp.kueue_started_s:.1f} s, webhooks at {cp.kueue_url}")
     print(f"control plane up in {cp.started_s:.1f} s\nexport KUBECONFIG={cp.kubeconfig}", flush=True)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
