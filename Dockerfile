@@ -13,9 +13,11 @@ RUN python -m build --wheel --outdir /dist .
 
 # ---- stage 2: runtime deps + the wheel in a virtualenv
 FROM ${PYTHON_IMAGE} AS venv
+# EXTRAS=agent: the node agent's image (nvidia-ml-py, grpcio); the operator's stays lean
+ARG EXTRAS=""
 RUN python -m venv /opt/greenml
 COPY --from=build /dist/*.whl /tmp/
-RUN /opt/greenml/bin/pip install --no-cache-dir /tmp/*.whl \
+RUN whl=$(ls /tmp/*.whl) && /opt/greenml/bin/pip install --no-cache-dir "${whl}${EXTRAS:+[$EXTRAS]}" \
  && cd /tmp && /opt/greenml/bin/greenml simulate --output-dir /tmp/smoke >/dev/null && rm -rf /tmp/smoke \
  && /opt/greenml/bin/pip uninstall -y pip setuptools wheel \
  && find /opt/greenml -name '__pycache__' -prune -exec rm -rf {} +

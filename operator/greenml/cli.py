@@ -8,7 +8,7 @@ import os
 import sys
 
 # subcommand modules, in help order
-COMMANDS = ["run", "simulate", "crds", "lint", "estimate", "report"]
+COMMANDS = ["run", "simulate", "crds", "lint", "estimate", "report", "agent"]
 
 
 def build_parser() -> argparse.ArgumentParser:

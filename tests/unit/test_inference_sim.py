@@ -111,8 +111,8 @@ def test_readers_regularise_gaps(tmp_path: Path) -> None:
     p = tmp_path / "ci.csv"
     p.write_text("datetime_utc,ci_lca_gco2eq_per_kwh\n2024-01-01T00:00:00Z,100\n2024-01-01T01:00:00Z,200\n"
                  "2024-01-01T03:00:00Z,400\n")
-    s = read_intensity_csv(p)
-    assert s.step == timedelta(hours=1) and s.values.tolist() == [100, 200, 200, 400]
+    s = read_intensity_csv(p)   # the project's one reader: gaps interpolated, counted
+    assert s.step == timedelta(hours=1) and s.values.tolist() == [100, 200, 300, 400] and s.meta["filled"] == 1
     lp = tmp_path / "load.csv"
     lp.write_text("datetime_utc,requests_per_second\n2024-01-01T00:00:00Z,1\n2024-01-01T00:00:00Z,2\n")
     with pytest.raises(ValueError, match="duplicate timestamps"):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from greenml.signals.base import SignalError
+from greenml.signals.file import column_line
 from greenml.sim.jobs import JobResult, SimInputError
 from greenml.timeutil import parse_duration
 
@@ -51,7 +52,9 @@ def _register_shifting(s: argparse._SubParsersAction) -> None:
     p.add_argument("--intensity", required=True, type=Path, help="INTENSITY.csv: datetime_utc + numeric g/kWh columns")
     p.add_argument("--jobs", required=True, type=Path,
                    help="JOBS.csv: name,submit_utc,duration_minutes,deadline_utc,gpus,watts_per_gpu,interruptible")
-    p.add_argument("--column", default=None, help="intensity column (default: the first numeric)")
+    p.add_argument("--column", default=None,
+                   help="intensity column (default: actual, then life-cycle, … — see greenml.signals.file; "
+                        "the chosen one is printed)")
     p.add_argument("--step", default="30m",
                    help=f"decision step ({'|'.join(STEPS)}; any duration works; default: %(default)s)")
     p.add_argument("--capacity-gpus", type=int, default=None, help="GPUs available to these jobs (default: unlimited)")
@@ -109,6 +112,7 @@ def run_shifting(args: argparse.Namespace) -> int:
 
     try:
         jobs, actual, forecaster, policy = shifting_inputs(args)
+        print(column_line(actual))
         result = simulate(jobs, actual, forecaster, policy, on_progress=_progress("simulating"))
     except (SimInputError, SignalError, ValueError) as exc:
         return _fail(str(exc))

@@ -1,11 +1,27 @@
 """Intensity from a CSV file, or a directory of them such as a mounted ConfigMap
 (air-gapped clusters, the simulator, tests).
 
-Format: a header row; a time column named ``datetime_utc``, ``datetime``, ``from_utc``
-or ``timestamp`` (ISO 8601; naive times are UTC); and one or more numeric columns
-(gCO2e/kWh). ``column=`` picks one; by default the first numeric column. Rows are put
-on a regular grid whose step is the smallest spacing in the file; missing slots and
-empty cells are filled by linear interpolation and counted in ``meta["filled"]``.
+Format: a header row; a time column named ``datetime_utc``, ``datetime``, ``from_utc``,
+``timestamp``, ``time`` or ``Datetime (UTC)`` (the Electricity Maps portal's; names match
+case-insensitively; ISO 8601, naive times are UTC); and one or more numeric columns
+(gCO2e/kWh). ``column=`` picks one; by default the column is chosen by this preference
+(the first column of the best rank; ``meta["column"]`` and ``meta["column_why"]`` say
+which and why, and the simulator prints it):
+
+1. an *actual* (measured) series: a name with ``actual`` (NESO's ``actual_gco2_per_kwh``);
+2. *life-cycle* intensity: ``lca``, ``life cycle``/``lifecycle`` (Electricity Maps'
+   default, ``ci_lca_gco2eq_per_kwh``, the portal's ``… (LCA)``) — what the rest of the
+   project uses;
+3. another intensity (``gco2``, ``co2``, ``intensity``, ``moer``, ``ci_``) that is not
+   direct and not a forecast;
+4. *direct* (operational-only) intensity;
+5. a *forecast* (``forecast`` in the name: only when nothing else is there);
+6. any other numeric column, except shares and flags (``pct``, ``percent``, ``renewable``,
+   ``low carbon``, ``estimated``, ``index``, ``lead``, ``hours``), which are never intensities.
+
+A column named with ``moer`` or ``marginal`` gives a ``kind="marginal"`` series.
+Rows are put on a regular grid whose step is the smallest spacing in the file; missing
+slots and empty cells are filled by linear interpolation and counted in ``meta["filled"]``.
 
 The forecast a file serves is the file itself from ``now`` on: a *perfect* forecast,
 labelled ``meta["forecast"] = "perfect"`` (only right for replay and simulation).
@@ -29,7 +45,7 @@ from greenml.signals.base import IntensitySeries, SignalError
 from greenml.signals.series import SeriesSource
 from greenml.timeutil import parse_time
 
-TIME_COLUMNS = ("datetime_utc", "datetime", "from_utc", "timestamp")
+TIME_COLUMNS = ("datetime_utc", "datetime", "from_utc", "timestamp", "time", "datetime (utc)")
 DEFAULT_STEM = "default"  # a directory's default.csv serves every zone without a <zone>.csv
 MAX_FILL_RATIO = 3.0  # a grid more than 3x the rows means the file is not regular
 
@@ -42,9 +58,10 @@ class IntensityFileError(SignalError):
 
 
 def _time_column(header: list[str], name: str) -> int:
+    lowered = [h.lower() for h in header]
     for col in TIME_COLUMNS:
-        if col in header:
-            return header.index(col)
+        if col in lowered:
+            return lowered.index(col)
     raise IntensityFileError(f"{name}: no time column; expected one of {', '.join(TIME_COLUMNS)} in header {header}")
 
 
@@ -56,15 +73,52 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _value_column(header: list[str], rows: list[list[str]], column: str | None, tcol: int, name: str) -> int:
+_NOT_INTENSITY = ("pct", "percent", "renewable", "low carbon", "low_carbon", "estimated", "index", "lead", "hours")
+_INTENSITY = ("gco2", "co2", "intensity", "moer", "ci_")
+_RANKS = ("actual (preferred: measured)", "life-cycle (the project's default)", "intensity", "direct",
+          "forecast (no actual in the file)", "the only numeric column left")
+
+
+def _rank(col: str) -> int | None:
+    """The column's place in the preference (see the module docstring); None: never chosen."""
+    c = col.lower()
+    if "actual" in c:
+        return 0
+    if "lca" in c or "life cycle" in c or "lifecycle" in c or "life-cycle" in c:
+        return 1
+    if "forecast" in c:
+        return 4
+    if "direct" in c:
+        return 3
+    if any(k in c for k in _INTENSITY):
+        return 2
+    if any(k in c for k in _NOT_INTENSITY):
+        return None
+    return 5
+
+
+def choose_column(header: list[str], rows: list[list[str]], tcol: int) -> tuple[int, str] | None:
+    """(index, why) of the preferred numeric column, None when there is none."""
+    numeric = [j for j, _ in enumerate(header)
+               if j != tcol and any(len(r) > j and r[j].strip() and _is_number(r[j]) for r in rows[:50])]
+    ranked = [(r, j) for j in numeric if (r := _rank(header[j])) is not None]
+    if not ranked:
+        return None
+    r, j = min(ranked)
+    others = [header[k] for k in numeric if k != j]
+    return j, _RANKS[r] + (f"; also in the file: {', '.join(others)}" if others else "")
+
+
+def _value_column(header: list[str], rows: list[list[str]], column: str | None, tcol: int,
+                  name: str) -> tuple[int, str]:
     if column is not None:
         if column not in header:
             raise IntensityFileError(f"{name}: column {column!r} not in header {header}")
-        return header.index(column)
-    for j, col in enumerate(header):
-        if j != tcol and any(len(r) > j and r[j].strip() and _is_number(r[j]) for r in rows[:50]):
-            return j
-    raise IntensityFileError(f"{name}: no numeric column in header {header}")
+        return header.index(column), "chosen (--column)"
+    chosen = choose_column(header, rows, tcol)
+    if chosen is None:
+        raise IntensityFileError(f"{name}: no numeric column in header {header}")
+    return chosen
 
 
 def _parse_rows(rows: list[list[str]], tcol: int, vcol: int, name: str, colname: str) -> tuple[list[datetime], list[float]]:
@@ -159,11 +213,19 @@ def parse_intensity_csv(text: str, *, column: str | None = None, name: str = "<c
         raise IntensityFileError(f"{name}: empty file") from None
     rows = list(reader)
     tcol = _time_column(header, name)
-    vcol = _value_column(header, rows, column, tcol, name)
+    vcol, why = _value_column(header, rows, column, tcol, name)
     times, vals = _parse_rows(rows, tcol, vcol, name, header[vcol])
     start, step, values, filled = _regular(times, vals, name)
-    return IntensitySeries(start, step, values, source=source,
-                           meta={"file": name, "column": header[vcol], "filled": filled})
+    kind = "marginal" if any(k in header[vcol].lower() for k in ("moer", "marginal")) else "average"
+    return IntensitySeries(start, step, values, source=source, kind=kind,
+                           meta={"file": name, "column": header[vcol], "column_why": why, "filled": filled})
+
+
+def column_line(series: IntensitySeries) -> str:
+    """Which series of an intensity file was used, and why (the simulators print it)."""
+    m = series.meta
+    return (f"intensity: {Path(str(m.get('file'))).name}, column {m.get('column')!r} "
+            f"({m.get('column_why')}; {series.kind})")
 
 
 def load_intensity_csv(path: str | Path, *, column: str | None = None, source: str = "file") -> IntensitySeries:

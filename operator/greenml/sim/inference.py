@@ -32,13 +32,12 @@ from greenml.planning.inference import (BudgetModel, BudgetState, PacingConfig, 
                                         step_costs)
 from greenml.planning.periods import periods_between
 from greenml.signals.base import IntensitySeries
+from greenml.signals.file import IntensityFileError, column_line, load_intensity_csv
 from greenml.timeutil import format_time, parse_time
 
 Policy = Callable[[BudgetModel, BudgetState, np.ndarray, np.ndarray, timedelta, datetime, float, float],
                   VariantDecision]
 
-_VALUE_COLUMNS = ("ci_lca_gco2eq_per_kwh", "ci_gco2eq_per_kwh", "actual_gco2_per_kwh", "moer_gco2_per_kwh",
-                  "intensity", "gco2_per_kwh")
 _TIME_COLUMNS = ("datetime_utc", "datetime", "from_utc", "time", "timestamp")
 
 
@@ -96,18 +95,15 @@ def _parse(path: Path, rows: list[dict[str, str]], tcol: str, vcol: str) -> tupl
     return times, values
 
 
-def read_intensity_csv(path: str | Path) -> IntensitySeries:
-    """An intensity CSV (``datetime_utc`` + a g/kWh column, e.g. the shared data files)."""
+def read_intensity_csv(path: str | Path, column: str | None = None) -> IntensitySeries:
+    """An intensity CSV, read by the project's one reader (greenml.signals.file: its column
+    preference — actual, then life-cycle, … — or ``column``; ``meta["column"]`` says which).
+    Bad input raises ValueError naming the file."""
     path = Path(path)
-    header, rows = _rows(path)
-    tcol = _column(path, header, _TIME_COLUMNS, "time")
-    vcol = _column(path, header, _VALUE_COLUMNS, "intensity")
-    times, values = _parse(path, rows, tcol, vcol)
-    if any(v < 0 for v in values):
-        raise ValueError(f"{path}: negative intensity in {vcol}")
-    start, step, grid = _regular(path, times, values, "intensity")
-    kind = "marginal" if vcol.startswith("moer") else "average"
-    return IntensitySeries(start, step, grid, source=f"file:{path.name}", kind=kind)
+    try:
+        return load_intensity_csv(path, column=column, source=f"file:{path.name}")
+    except IntensityFileError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def read_load_csv(path: str | Path) -> tuple[datetime, timedelta, np.ndarray]:
@@ -311,6 +307,9 @@ def offline_reference(spec: InferenceBudgetSpec | BudgetModel, intensity: Intens
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--intensity", required=True, type=Path, help="intensity CSV (datetime_utc + g/kWh column)")
+    parser.add_argument("--column", default=None,
+                        help="intensity column (default: actual, then life-cycle, … — see greenml.signals.file; "
+                             "the chosen one is printed)")
     parser.add_argument("--load", required=True, type=Path, help="load CSV: datetime_utc,requests_per_second")
     parser.add_argument("--budget", required=True, type=Path, help="InferenceBudget manifest (YAML)")
     parser.add_argument("--forecast-error", type=float, default=0.0,
@@ -326,7 +325,8 @@ def run_cli(args: argparse.Namespace) -> int:
     try:
         spec = read_budget(args.budget)
         model = compile_spec(spec)
-        series = read_intensity_csv(args.intensity)
+        series = read_intensity_csv(args.intensity, getattr(args, "column", None))
+        print(column_line(series))   # which series of the file, and why
         l_start, l_step, l_values = read_load_csv(args.load)
         _align_load(series, l_start, l_step, l_values, args.load)  # fails clearly when they don't overlap
         series = _overlap(series, l_start, l_step, len(l_values))

@@ -1,0 +1,110 @@
+"""NVML behind a small interface: the few pynvml calls the agent makes, with NVML's errors
+turned into reasons. ``Nvml(module)`` takes the pynvml module (nvidia-ml-py, the ``agent``
+extra) or anything with the same functions and ``NVMLError`` (the tests' fake).
+
+Units: NVML speaks milliwatts; this interface speaks watts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# NVML return codes (nvml.h), as pynvml exposes them
+NVML_ERROR_NO_PERMISSION = 4
+NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_GPU_IS_LOST = 15
+NVML_ERROR_ARGUMENT = 2
+
+REASONS = {NVML_ERROR_NOT_SUPPORTED: "NotSupported", NVML_ERROR_NO_PERMISSION: "NoPermission",
+           NVML_ERROR_GPU_IS_LOST: "GpuLost", NVML_ERROR_ARGUMENT: "InvalidArgument"}
+
+
+class DeviceError(Exception):
+    """An NVML call failed; ``reason`` is one word (NotSupported, NoPermission, GpuLost, …)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Device:
+    """What the agent knows of one GPU."""
+
+    index: int
+    uuid: str
+    name: str
+    min_w: float | None          # power limit constraints (None: not readable / not supported)
+    max_w: float | None
+    default_w: float | None
+    limit_w: float | None        # the limit in force now
+    mig: bool = False            # MIG mode on: a pod holds an instance, not the GPU
+
+
+def load_pynvml() -> Any:
+    """The real pynvml module (nvidia-ml-py), or a clear error when the extra is missing."""
+    try:
+        import pynvml  # type: ignore[import-not-found]
+    except ModuleNotFoundError:
+        raise SystemExit("greenml agent needs nvidia-ml-py: pip install 'greenml-operator[agent]'") from None
+    return pynvml
+
+
+class Nvml:
+    def __init__(self, module: Any) -> None:
+        self.m = module
+        self._handles: dict[str, Any] = {}
+
+    def _call(self, what: str, fn, *args):
+        try:
+            return fn(*args)
+        except self.m.NVMLError as exc:
+            code = getattr(exc, "value", None)
+            raise DeviceError(REASONS.get(code, f"NvmlError{code}" if code is not None else "NvmlError"),
+                              f"{what}: {exc}") from None
+
+    def init(self) -> None:
+        self._call("nvmlInit", self.m.nvmlInit)
+
+    def shutdown(self) -> None:
+        try:
+            self.m.nvmlShutdown()
+        except self.m.NVMLError:
+            pass
+
+    def _text(self, v: Any) -> str:
+        return v.decode() if isinstance(v, bytes) else str(v)
+
+    def _optional_w(self, what: str, fn, handle) -> Any:
+        try:
+            return self._call(what, fn, handle)
+        except DeviceError as exc:
+            if exc.reason in ("NotSupported", "NoPermission"):
+                return None
+            raise
+
+    def devices(self) -> list[Device]:
+        out = []
+        for i in range(self._call("nvmlDeviceGetCount", self.m.nvmlDeviceGetCount)):
+            h = self._call("nvmlDeviceGetHandleByIndex", self.m.nvmlDeviceGetHandleByIndex, i)
+            uuid = self._text(self._call("nvmlDeviceGetUUID", self.m.nvmlDeviceGetUUID, h))
+            self._handles[uuid] = h
+            cons = self._optional_w("constraints", self.m.nvmlDeviceGetPowerManagementLimitConstraints, h)
+            default = self._optional_w("default limit", self.m.nvmlDeviceGetPowerManagementDefaultLimit, h)
+            limit = self._optional_w("limit", self.m.nvmlDeviceGetPowerManagementLimit, h)
+            mig = self._optional_w("MIG mode", self.m.nvmlDeviceGetMigMode, h)
+            out.append(Device(
+                index=i, uuid=uuid, name=self._text(self._call("nvmlDeviceGetName", self.m.nvmlDeviceGetName, h)),
+                min_w=cons[0] / 1000.0 if cons else None, max_w=cons[1] / 1000.0 if cons else None,
+                default_w=default / 1000.0 if default is not None else None,
+                limit_w=limit / 1000.0 if limit is not None else None,
+                mig=bool(mig and mig[0])))
+        return out
+
+    def set_limit(self, uuid: str, watts: float) -> None:
+        handle = self._handles.get(uuid)
+        if handle is None:
+            handle = self._call("nvmlDeviceGetHandleByUUID", self.m.nvmlDeviceGetHandleByUUID, uuid)
+            self._handles[uuid] = handle
+        self._call("nvmlDeviceSetPowerManagementLimit", self.m.nvmlDeviceSetPowerManagementLimit,
+                   handle, int(round(watts * 1000)))
