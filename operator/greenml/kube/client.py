@@ -19,6 +19,7 @@ from kubernetes import client, config
 FIELD_MANAGER = "greenml-operator"
 AGENT_FIELD_MANAGER = "greenml-agent"
 GPU_RESOURCE = "nvidia.com/gpu"
+KUEUE_API = "kueue.x-k8s.io/v1beta2"
 TIMEOUT = (5.0, 30.0)   # connect, read (seconds)
 
 
@@ -218,6 +219,37 @@ class Kube:
         return self.request("PATCH", path_for(api_version, plural, namespace, name, "status"),
                             f"patch {plural} {namespace}/{name} status", body={"status": dict(status)},
                             content_type="application/merge-patch+json")
+
+    def list_objects(self, api_version: str, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Every object of a kind (in ``namespace``, or cluster-wide / in all namespaces)."""
+        return self.request("GET", path_for(api_version, plural, namespace), f"list {plural}").get("items") or []
+
+    def apply_status(self, body: Mapping[str, Any], plural: str) -> dict[str, Any]:
+        """Server-side apply of ``body`` (apiVersion, kind, metadata.name/namespace, status) to the
+        status subresource under the operator's field manager: only the status fields in ``body``
+        become ours (entries of a list keyed by name stay the other managers')."""
+        meta = body["metadata"]
+        ns, name = meta.get("namespace"), meta["name"]
+        return self.request("PATCH", path_for(body["apiVersion"], plural, ns, name, "status"),
+                            f"apply {plural} {ns}/{name} status", body=dict(body),
+                            params={"fieldManager": FIELD_MANAGER, "force": "true"},
+                            content_type="application/apply-patch+yaml")
+
+    # ---------------------------------------------------------------- Kueue (check greenml.io/carbon-window)
+    def list_workloads(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Kueue Workloads (kueue.x-k8s.io/v1beta2)."""
+        return self.list_objects(KUEUE_API, "workloads", namespace)
+
+    def apply_workload_check(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Set one admission check's entry of a Workload's ``status.admissionChecks``
+        (``body`` from ``greenml.services.kueue.check_patch``), as Kueue's own check
+        controllers do: server-side apply with a field manager of its own, forced."""
+        return self.apply_status(body, "workloads")
+
+    def set_admission_check_status(self, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
+        """An AdmissionCheck's status (``greenml.services.kueue.admission_check_status``)."""
+        return self.apply_status({"apiVersion": KUEUE_API, "kind": "AdmissionCheck", "metadata": {"name": name},
+                                  "status": dict(status)}, "admissionchecks")
 
 
     # ---------------------------------------------------------------- ConfigMaps
