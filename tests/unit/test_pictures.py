@@ -230,6 +230,10 @@ def test_since_counts_back_from_the_datas_end_not_today(tmp_path, capsys):
     rc, out = _report(tmp_path, capsys, _inference_result(), "--since", "2d")
     assert rc == 0 and "Period: 2023-06-08T00:00:00Z – 2023-06-10T00:00:00Z" in out.out
     assert "2 day periods, 1 within budget, 1 OVER BUDGET" in out.out
+    rc, out = _report(tmp_path, capsys, _inference_result(), "--since", "2d", "--format", "json")
+    (w,) = json.loads(out.out)["workloads"]
+    assert w["name"] == "chat-assistant" and w["budget"]["limit"] == 2000.0 and w["budget"]["within"] == 1
+    assert [p["start"] for p in w["budget"]["periods"]] == ["2023-06-08T00:00:00+00:00", "2023-06-09T00:00:00+00:00"]
 
 
 def test_since_outside_the_data_is_an_error(tmp_path, capsys):
@@ -242,3 +246,23 @@ def test_markdown_report_states_the_period_of_a_shifting_result():
     md = markdown(Report("t", "s", datetime(2024, 1, 1, tzinfo=timezone.utc),
                          datetime(2024, 1, 21, tzinfo=timezone.utc), AccountingPolicy(), tuple(rows)))
     assert "Period: 2024-01-01T00:00:00Z – 2024-01-21T00:00:00Z" in md and "## Budgets" not in md
+
+
+def test_cluster_budget_is_shown_with_its_current_period():
+    from greenml.report import rows_from_cluster
+
+    ib = {"kind": "InferenceBudget", "metadata": {"namespace": "web", "name": "llm",
+                                                 "creationTimestamp": "2024-01-02T00:00:00Z"},
+          "spec": {"budget": {"carbonGrams": 2000, "period": "day"}},
+          "status": {"activeVariant": "int8", "spend": {"grams": 1500.0, "energyKwh": 4.0, "projectedGrams": 1900.0,
+                                                        "periodStart": "2024-01-05T00:00:00Z",
+                                                        "periodEnd": "2024-01-06T00:00:00Z"}}}
+    rows = rows_from_cluster([], [ib], AccountingPolicy())
+    report = Report("t", "cluster", None, datetime(2024, 1, 5, 12, tzinfo=timezone.utc), AccountingPolicy(),
+                    tuple(rows))
+    md = markdown(report)
+    assert "| web | llm | 2,000 g per day | 1 | 1/1 | 1,500 g mean | 1,500 g (75 % of budget) | " \
+           "projected 1,900 g this period |" in md
+    budget_svg = next(s for s in svgs(html_page(report)) if "budget of 2,000 g" in "".join(s.itertext()))
+    assert any(r.get("stroke-dasharray") for r in budget_svg.iter(f"{SVG}rect"))      # the projection's outline
+    assert_inside(budget_svg)

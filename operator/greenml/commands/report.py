@@ -187,4 +187,13 @@ def report_json(report: Report) -> dict:
                             "savedGrams": t.saved_g} for t in report.namespaces()],
             "workloads": [{"namespace": r.namespace, "name": r.name, "kind": r.kind, "basis": r.basis,
                            "actual": r.actual.to_json(), "savings": r.savings.to_json() if r.savings else None,
-                           "note": r.note} for r in report.rows]}
+                           "note": r.note, "budget": _budget_json(r.budget)} for r in report.rows]}
+
+
+def _budget_json(b) -> dict | None:
+    if b is None:
+        return None
+    return {"period": b.period, "unit": b.unit, "limit": b.limit, "within": b.within,
+            "periods": [{"start": p.start.isoformat() if p.start else None,
+                         "end": p.end.isoformat() if p.end else None,
+                         "spent": p.spent, "projected": p.projected, "complete": p.complete} for p in b.periods]}
