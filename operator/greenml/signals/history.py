@@ -17,10 +17,11 @@ answer: after a few days of running the forecaster has weeks of data.
   earlier (linear where there is none), counted in ``meta["filled"]``; a longer gap cuts
   the older part off (the forecaster needs contiguous history).
 - Encoding: per key one compact JSON line; values in 0.1 gCO2e/kWh as little-endian
-  uint16 (uint32 where a value exceeds 6553.5), zlib-compressed, base64. Five weeks of
-  hourly data is ~1.2 KiB a zone, of 5-minute data at most ~27 KiB; the ConfigMap store
-  refuses a write that would take the whole object past ``max_bytes`` (900,000 of
-  Kubernetes' 1 MiB).
+  uint16 (uint32 where a value exceeds 6553.5), zlib-compressed, base64. Measured on the
+  shared traces: 35 days of Electricity Maps hourly data 2.1 KiB a zone, NESO half-hourly
+  2.9 KiB, WattTime 5-minute (31 days) 12 KiB, incompressible 5-minute noise 23 KiB. The
+  ConfigMap store refuses a write that would take the whole object past ``max_bytes``
+  (900,000 of Kubernetes' 1 MiB).
 """
 from __future__ import annotations
 
