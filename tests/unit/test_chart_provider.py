@@ -94,6 +94,7 @@ def test_other_providers_mount_nothing(helm):
     (["provider.name=electricitymaps"], "provider.name=electricitymaps needs provider.existingSecret"),
     (["provider.name=watttime"], "provider.name=watttime needs provider.existingSecret"),
     (["provider.name=file"], "provider.name=file needs provider.intensity.files"),
+    (["provider.name=prometheus"], "provider.name=prometheus needs provider.prometheusUrl"),
     (["provider.name=file", "provider.intensity.existingConfigMap=a", "provider.intensity.files.DE\\.csv=x"],
      "set files or existingConfigMap, not both"),
     (["provider.intensity.existingConfigMap=a"], "provider.intensity is read only with provider.name=file"),
@@ -106,8 +107,12 @@ def test_values_the_operator_would_refuse_fail_the_render(helm, values, message)
     assert message in str(err.value)
 
 
-def test_credentials_in_a_secret_render(helm):
-    for name in ("electricitymaps", "watttime"):
-        docs = [d for d in yaml.safe_load_all(template(helm, "--set", f"provider.name={name}",
-                                                       "--set", "provider.existingSecret=creds")) if d]
-        assert env_of(docs)["GREENML_PROVIDER"] == name
+@pytest.mark.parametrize("values", [
+    ["provider.name=electricitymaps", "provider.existingSecret=creds"],
+    ["provider.name=watttime", "provider.existingSecret=creds"],
+    ["provider.name=prometheus", "provider.prometheusUrl=http://prometheus.monitoring:9090"],
+    ["provider.name=ukcarbon"],
+])
+def test_complete_provider_values_render(helm, values):
+    docs = [d for d in yaml.safe_load_all(template(helm, *[a for v in values for a in ("--set", v)])) if d]
+    assert env_of(docs)["GREENML_PROVIDER"] == values[0].split("=")[1]

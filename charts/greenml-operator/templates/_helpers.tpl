@@ -81,6 +81,9 @@ annotations:
 {{- if and (has $p.name (list "electricitymaps" "watttime")) (not $p.existingSecret) }}
 {{- fail (printf "provider.name=%s needs provider.existingSecret: a Secret in the release namespace holding %s (keys: provider.secretKeys)" $p.name (ternary "the API token" "the username and password" (eq $p.name "electricitymaps"))) }}
 {{- end }}
+{{- if and (eq $p.name "prometheus") (not (or $p.prometheusUrl $p.url)) }}
+{{- fail "provider.name=prometheus needs provider.prometheusUrl (or provider.url): the Prometheus serving carbon_intensity_gco2_per_kwh" }}
+{{- end }}
 {{- if and $p.intensity.files $p.intensity.existingConfigMap }}
 {{- fail "provider.intensity: set files or existingConfigMap, not both" }}
 {{- end }}
