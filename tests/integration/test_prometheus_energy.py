@@ -129,3 +129,18 @@ def test_no_data_falls_back_to_power_model(prom):
                                                      model=PowerModel(gpus=2, watts_per_gpu=250))
     assert r.source == "model" and r.estimate and r.value == pytest.approx(2 * 250 * WINDOW, rel=0.01)
     assert {f["link"] for f in r.fallback} == {"dcgm", "dcgm-power", "kepler"}
+
+
+def test_partial_gpu_coverage_is_topped_up_and_labelled(prom):
+    """The count of per-GPU DCGM series against a real Prometheus: ml/train-* has 2 GPUs
+    measured; a job with 3 GPUs gets the model for the third, labelled (issue 15, item 3)."""
+    p, exporter = prom
+    start, end = window(exporter)
+    meter = EnergyMeter(Prometheus(p.url))
+    r = meter.energy_joules("ml", "train-.*", start, end, model=PowerModel(gpus=3, watts_per_gpu=400))
+    assert r.source == "dcgm" and r.coverage == {"gpus_measured": 2, "gpus": 3} and r.partial and r.estimate
+    assert r.value == pytest.approx((200 + 300 + 400) * WINDOW, rel=0.12)
+    full = meter.energy_joules("ml", "train-.*", start, end, model=PowerModel(gpus=2, watts_per_gpu=400))
+    assert not full.partial and not full.estimate
+    now = meter.power_watts_now("ml", "train-.*", model=PowerModel(gpus=3, watts_per_gpu=400))
+    assert now.coverage == {"gpus_measured": 2, "gpus": 3} and now.value == pytest.approx(900.0)

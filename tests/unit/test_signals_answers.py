@@ -126,6 +126,35 @@ def test_kepler_gpu_joules_serve_when_exported(server):
     assert r.source == "kepler" and not r.estimate and r.value == 7200
 
 
+def test_dcgm_for_some_of_the_gpus_is_partial_and_topped_up_by_the_model(server):
+    """Item 3: partial coverage is labelled: DCGM measured 1 of the job's 4 GPUs (an exporter
+    missing on a node); before, that GPU's energy was reported as the job's, measured."""
+    counted = {"n": "1"}
+
+    def answer(req):
+        q = req["query"]["query"]
+        if q.startswith("count("):
+            body = vector(counted["n"])
+        elif "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION" in q:
+            body = vector("1080000000")      # mJ: 1.08 MJ = 300 W for an hour, one GPU
+        else:
+            body = vector("300")
+        return 200, {}, json.dumps(body).encode()
+    server.routes["/api/v1/query"] = answer
+    meter = EnergyMeter(server.url, EnergyPolicy(backends=("dcgm",)))
+    r = meter.energy_joules("ml", "train-.*", NOW - H, NOW, model=PowerModel(4, 250))
+    assert r.source == "dcgm" and r.partial and r.estimate
+    assert r.coverage == {"gpus_measured": 1, "gpus": 4}
+    assert r.value == pytest.approx(1.08e6 + 3 * 250 * 3600) and "model for 3 of 4 GPU" in r.query
+    p = meter.power_watts_now("ml", "train-.*", model=PowerModel(4, 250))
+    assert p.partial and p.value == pytest.approx(300 + 3 * 250)
+    counted["n"] = "4"   # every GPU measured: not partial, not an estimate
+    full = meter.energy_joules("ml", "train-.*", NOW - H, NOW, model=PowerModel(4, 250))
+    assert not full.partial and not full.estimate and full.value == pytest.approx(1.08e6)
+    alone = meter.energy_joules("ml", "train-.*", NOW - H, NOW)   # no model: counted, not topped up
+    assert alone.coverage == {"gpus_measured": 4, "gpus": None} and not alone.partial
+
+
 # ---- item 6: a 429 falls back at once and is remembered ------------------------------------------------
 def test_429_falls_back_at_once_and_comes_back_after_retry_after(server):
     server.json("/v3/carbon-intensity/forecast", {"message": "rate limit"}, status=429, headers={"Retry-After": "120"})

@@ -18,6 +18,12 @@ Links tried in order (the reading says which served and why earlier ones failed)
 4. ``model``: GPUs × watts per GPU × duration (watts from greenml.signals.gpus), marked
    as an estimate.
 
+Partial coverage: DCGM series are per GPU. Given the power model (so the job's GPU count),
+a DCGM reading that matched fewer GPUs than the job has (an exporter missing on a node, a
+GPU not labelled with the pod) is topped up with the model for the missing GPUs, labelled
+``coverage = {"gpus_measured": n, "gpus": N}`` and ``estimate=True``; without a model the
+count is still reported (``coverage`` with ``gpus: None``).
+
 Sample values must be finite: "NaN"/"+Inf"/"-Inf" (Prometheus sends them as strings)
 and negatives fail the link with reason Malformed, and the next link serves.
 """
@@ -56,6 +62,10 @@ class EnergyPolicy:
     namespace_label: str = "namespace"
 
 
+# (source, queries whose results add up, scale to the unit, query counting the GPUs measured)
+Query = tuple[str, tuple[str, ...], float, "str | None"]
+
+
 @dataclass(frozen=True)
 class Reading:
     """A measured (or modelled) quantity and who served it."""
@@ -66,6 +76,13 @@ class Reading:
     estimate: bool = False
     fallback: tuple[dict, ...] = field(default=())
     query: str | None = None
+    coverage: dict | None = None       # per-GPU sources: {"gpus_measured": n, "gpus": N or None}
+
+    @property
+    def partial(self) -> bool:
+        """Measured for fewer GPUs than the job has (the rest from the power model)."""
+        c = self.coverage or {}
+        return c.get("gpus") is not None and c.get("gpus_measured", 0) < c["gpus"]
 
 
 def _scalar(result: list[dict], what: str) -> float | None:
@@ -92,59 +109,77 @@ class EnergyMeter:
     def _sel(self, ns_label: str, pod_label: str, namespace: str, pods: str, extra: str = "") -> str:
         return f'{{{ns_label}="{_quote(namespace)}",{pod_label}=~"{_quote(pods)}"{extra}}}'
 
-    def _energy_queries(self, namespace: str, pods: str, rng: str) -> list[tuple[str, tuple[str, ...], float]]:
-        """(source, queries whose results add up, scale to joules) per backend, in policy order."""
+    def _energy_queries(self, namespace: str, pods: str, rng: str) -> list[Query]:
+        """Per backend, in policy order: (source, queries whose results add up, scale to
+        joules, the query counting the GPUs it measured or None)."""
         p = self.policy
         dcgm = self._sel(p.namespace_label, p.pod_label, namespace, pods)
         kep = self._sel("pod_namespace", "pod_name", namespace, pods)
         seconds = float(rng[:-1])
-        out: list[tuple[str, tuple[str, ...], float]] = []
+        out: list[Query] = []
         for b in p.backends:
             if b == "promql" and p.energy_query:
                 q = p.energy_query.replace("$namespace", _quote(namespace)).replace("$pods", _quote(pods))
-                out.append(("promql", (q.replace("$range", rng),), 1.0))
+                out.append(("promql", (q.replace("$range", rng),), 1.0, None))
             elif b == "dcgm":
-                out.append(("dcgm", (f"sum(increase(DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{dcgm}[{rng}]))",), 1e-3))
-                out.append(("dcgm-power", (f"sum(avg_over_time(DCGM_FI_DEV_POWER_USAGE{dcgm}[{rng}]))",), seconds))
+                for source, metric, query, scale in (
+                        ("dcgm", "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "increase", 1e-3),
+                        ("dcgm-power", "DCGM_FI_DEV_POWER_USAGE", "avg_over_time", seconds)):
+                    out.append((source, (f"sum({query}({metric}{dcgm}[{rng}]))",), scale,
+                                f"count(max_over_time({metric}{dcgm}[{rng}]))"))
             elif b == "kepler":   # GPU joules only: never the CPU/DRAM counters (module docstring)
-                out.append(("kepler", (f"sum(increase(kepler_pod_gpu_joules_total{kep}[{rng}]))",), 1.0))
+                out.append(("kepler", (f"sum(increase(kepler_pod_gpu_joules_total{kep}[{rng}]))",), 1.0, None))
         return out
 
-    def _power_queries(self, namespace: str, pods: str) -> list[tuple[str, str]]:
+    def _power_queries(self, namespace: str, pods: str) -> list[Query]:
         p = self.policy
         dcgm = self._sel(p.namespace_label, p.pod_label, namespace, pods)
         kep = self._sel("pod_namespace", "pod_name", namespace, pods)
-        out: list[tuple[str, str]] = []
+        out: list[Query] = []
         for b in p.backends:
             if b == "promql" and p.power_query:
-                out.append(("promql", p.power_query.replace("$namespace", _quote(namespace)).replace("$pods", _quote(pods))))
+                q = p.power_query.replace("$namespace", _quote(namespace)).replace("$pods", _quote(pods))
+                out.append(("promql", (q,), 1.0, None))
             elif b == "dcgm":
-                out.append(("dcgm", f"sum(DCGM_FI_DEV_POWER_USAGE{dcgm})"))
+                out.append(("dcgm", (f"sum(DCGM_FI_DEV_POWER_USAGE{dcgm})",), 1.0, f"count(DCGM_FI_DEV_POWER_USAGE{dcgm})"))
             elif b == "kepler":
-                out.append(("kepler", f"sum(rate(kepler_pod_gpu_joules_total{kep}[1m]))"))
+                out.append(("kepler", (f"sum(rate(kepler_pod_gpu_joules_total{kep}[1m]))",), 1.0, None))
         return out
 
-    def _first(self, queries: list[tuple[str, tuple[str, ...], float]], at: datetime | None, unit: str,
-               model_value: float | None, model_what: str) -> Reading:
+    def _first(self, queries: list[Query], at: datetime | None, unit: str, model: PowerModel | None,
+               model_factor: float, model_what: str | None) -> Reading:
+        """The first backend that answers; ``model_factor``: the model's watts to the unit
+        (seconds for joules, 1 for watts)."""
         failures: list[dict] = []
         if self.prom is None:
             failures.append({"link": "prometheus", "reason": "NotConfigured", "message": "no Prometheus URL"})
         else:
-            for source, qs, scale in queries:
+            for source, qs, scale, count_query in queries:
                 try:
                     parts = [_scalar(self.prom.instant(q, at), source) for q in qs]
+                    measured = _scalar(self.prom.instant(count_query, at), source) if count_query else None
                 except SignalError as exc:
                     failures.append({"link": source, "reason": exc.reason, "message": str(exc)})
                     continue
                 if all(v is None for v in parts):
                     failures.append({"link": source, "reason": "NoData", "message": "query matched no series"})
                     continue
-                total = sum(v for v in parts if v is not None)
-                return Reading(total * scale, unit, source, fallback=tuple(failures), query=" + ".join(qs))
-        if model_value is None:
+                total = sum(v for v in parts if v is not None) * scale
+                query = " + ".join(qs)
+                if measured is None:
+                    return Reading(total, unit, source, fallback=tuple(failures), query=query)
+                coverage = {"gpus_measured": int(measured), "gpus": model.gpus if model else None}
+                missing = (model.gpus - measured) if model else 0.0
+                if missing > 0:   # partial: the model for the GPUs no series measured
+                    total += missing * model.watts_per_gpu * model_factor   # type: ignore[union-attr]
+                    query += f" + model for {missing:g} of {model.gpus:g} GPU"  # type: ignore[union-attr]
+                return Reading(total, unit, source, estimate=missing > 0, fallback=tuple(failures), query=query,
+                               coverage=coverage)
+        if model is None:
             summary = "; ".join(f"{f['link']}: {f['reason']}" for f in failures)
             raise SignalError(f"no energy source and no power model ({summary})", reason="Unavailable")
-        return Reading(model_value, unit, "model", estimate=True, fallback=tuple(failures), query=model_what)
+        return Reading(model.watts * model_factor, unit, "model", estimate=True, fallback=tuple(failures),
+                       query=model_what)
 
     def energy_joules(self, namespace: str, pods_regex: str, start: datetime, end: datetime, *,
                       model: PowerModel | None = None) -> Reading:
@@ -154,12 +189,11 @@ class EnergyMeter:
         if seconds <= 0:
             raise ValueError(f"energy interval must be positive: {start.isoformat()} .. {end.isoformat()}")
         queries = self._energy_queries(namespace, pods_regex, f"{seconds}s")
-        return self._first(queries, end, "J", None if model is None else model.watts * seconds,
+        return self._first(queries, end, "J", model, float(seconds),
                            None if model is None else f"{model.gpus:g} GPU x {model.watts_per_gpu:g} W x {seconds} s")
 
     def power_watts_now(self, namespace: str, pods_regex: str, *, at: datetime | None = None,
                         model: PowerModel | None = None) -> Reading:
         """Current power of the matching pods."""
-        queries = [(s, (q,), 1.0) for s, q in self._power_queries(namespace, pods_regex)]
-        return self._first(queries, at, "W", None if model is None else model.watts,
+        return self._first(self._power_queries(namespace, pods_regex), at, "W", model, 1.0,
                            None if model is None else f"{model.gpus:g} GPU x {model.watts_per_gpu:g} W")
