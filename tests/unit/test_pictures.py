@@ -105,6 +105,19 @@ def test_each_row_sits_under_its_own_zones_curve(default_page):
     assert de < y["finetune-llama-1"] < y["chat-assistant"] < gb < y["image-classifier"]
 
 
+def test_the_curve_shows_when_jobs_ran():
+    """Green bands on the zone's curve where its jobs ran (variants of a budget are not runs)."""
+    runs = (plot.Segment(T0 + timedelta(hours=2), T0 + timedelta(hours=5)),
+            plot.Segment(T0 + timedelta(hours=4), T0 + timedelta(hours=8)))
+    variants = (plot.Segment(T0, T0 + timedelta(days=7), "int8"),)
+    (svg,) = svgs(plot.render_html(picture(rows=[plot.Row("a", runs), plot.Row("b", variants)])))
+    bands = [r for r in svg.iter(f"{SVG}rect") if r.get("opacity") == "0.13"]
+    assert len(bands) == 1                                          # the overlapping runs merged
+    x0, x1 = plot._x(T0 + timedelta(hours=2), picture()), plot._x(T0 + timedelta(hours=8), picture())
+    assert float(bands[0].get("x")) == pytest.approx(x0, abs=0.1)
+    assert float(bands[0].get("width")) == pytest.approx(x1 - x0, abs=0.1)
+
+
 def test_each_budget_is_drawn_against_its_line_in_its_unit(default_page):
     (svg,) = svgs(default_page)
     titles = [s for _, _, s, _ in texts(svg) if ": spent in each " in s]
@@ -134,7 +147,8 @@ def test_windows_past_the_plot_are_clipped_to_it():
     right, left = plot.WIDTH - plot.RIGHT, plot.LEFT
     assert all(left - 0.01 <= float(r.get("x")) and float(r.get("x")) + float(r.get("width")) <= right + 0.01
                for r in rects)
-    assert len(rects) == 4                                         # two windows, two runs; "gone" draws none
+    rows = [r for r in rects if r.get("opacity") is None]          # not the curve's bands
+    assert len(rows) == 4                                          # two windows, two runs; "gone" draws none
     tips = ["".join(r.itertext()) for r in rects]
     assert any("2024-03-13T00:00:00Z (after the picture's end)" in t for t in tips)   # the real deadline
 

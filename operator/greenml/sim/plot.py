@@ -2,7 +2,8 @@
 no scripts, no external assets), made to answer two questions at a glance:
 
 - *When did each workload run against the carbon curve?* One panel per grid zone: the
-  zone's intensity (gCO2e/kWh, labelled axis), then one row per workload of that zone
+  zone's intensity (gCO2e/kWh, labelled axis) over green bands where its jobs ran, then
+  one row per workload of that zone
   with its allowed window (submit → deadline, grey) and its runs (or, for an inference
   budget, its variant switches), on one time axis with hour ticks (UTC).
 - *How is each budget spent against its line?* One panel per budget: the spend since
@@ -209,8 +210,21 @@ def _time_axis(p: Picture, y: float) -> list[str]:
     return out
 
 
-def _curve(p: Picture, zone: str, series: IntensitySeries, top: float) -> list[str]:
-    """The zone's intensity as steps, with a labelled y axis (gCO2e/kWh)."""
+def _busy(rows: Sequence[Row]) -> list[tuple[datetime, datetime]]:
+    """The union of the jobs' runs (unlabelled segments: variants are not runs)."""
+    spans = sorted((seg.start, seg.end) for r in rows for seg in r.segments if not seg.label)
+    out: list[tuple[datetime, datetime]] = []
+    for s, e in spans:
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
+def _curve(p: Picture, zone: str, series: IntensitySeries, top: float, busy=()) -> list[str]:
+    """The zone's intensity as steps, with a labelled y axis (gCO2e/kWh), over bands where
+    a job of the zone was running (``busy``)."""
     s = series.window(p.start, p.end)
     out = [label(LEFT, top + 14, f"Grid carbon intensity, {zone} ({series.source}"
                  f"{', estimate' if series.estimate else ''})", WIDTH - LEFT - RIGHT, extra=' font-weight="bold"')]
@@ -224,6 +238,12 @@ def _curve(p: Picture, zone: str, series: IntensitySeries, top: float) -> list[s
     def y(val: float) -> float:
         return y1 - (y1 - y0) * (val - lo) / ((hi - lo) or 1.0)
     out += y_axis(ticks, y, left=LEFT, right=WIDTH - RIGHT, unit="gCO2e/kWh", top=y0, bottom=y1)
+    for b0, b1 in busy:
+        span = _clip(b0, b1, p)
+        if span:
+            out.append(f'<rect x="{span[0]:.1f}" y="{y0}" width="{max(1.0, span[1] - span[0]):.1f}" height="{y1 - y0}" '
+                       f'fill="{PALETTE[0]}" opacity="0.13"><title>jobs running {format_time(b0)} … '
+                       f'{format_time(b1)}</title></rect>')
     pts = []
     for i, val in enumerate(v):
         span = _clip(s.start + s.step * i, s.start + s.step * (i + 1), p)
@@ -292,7 +312,7 @@ def render_svg(p: Picture) -> str:
     y = 8.0
     for z in zones:
         if z in p.intensity:
-            body += _curve(p, z, p.intensity[z], y)
+            body += _curve(p, z, p.intensity[z], y, _busy(by_zone[z]))
             y += TITLE_H + PANEL_H + 6
         for r in by_zone[z]:
             body += _row(p, r, y, colours)
@@ -307,7 +327,7 @@ def render_svg(p: Picture) -> str:
     svg += _grid(p, 8, y) + body + _time_axis(p, y) + ["</svg>"]
     legend = [f'<span style="color:{c}">&#9632;</span> {esc(k or "ran")}' for k, c in colours.items()]
     p.notes.insert(0, "Rows: " + " &nbsp; ".join(legend) + " &nbsp; <span style=\"color:#adb5bd\">&#9632;</span> "
-                   "allowed window (submit → deadline)"
+                   "allowed window (submit → deadline); a green band on a curve: a job of that zone running"
                    + (f". Budgets: <span style=\"color:{SPENT_COLOUR}\">&#9472;</span> spent since the period began, "
                       f"<span style=\"color:{BUDGET_COLOUR}\">- -</span> the budget, "
                       f"<span style=\"color:{COUNTERFACTUAL_COLOUR}\">&middot;&middot;</span> "
