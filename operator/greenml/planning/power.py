@@ -172,9 +172,10 @@ class CapPolicy:
         a level above it is never worth choosing in the LP and only slows the search."""
         if self.mode == "static":
             return (self.level(self.max_watts),)
-        ws = {self.min_watts, self.max_watts}
-        ws.update(p.fraction * self.reference_watts for p in self.curve.points
-                  if self.min_watts <= p.fraction * self.reference_watts <= self.max_watts)
+        # rounded as published (0.1 W), so that level(cap) of a published cap is exactly the planned level
+        ws = {round(self.min_watts, 1), round(self.max_watts, 1)}
+        ws.update(round(p.fraction * self.reference_watts, 1) for p in self.curve.points
+                  if self.min_watts <= round(p.fraction * self.reference_watts, 1) <= self.max_watts)
         ordered = sorted(ws)
         if len(ordered) > count:
             idx = np.unique(np.round(np.linspace(0, len(ordered) - 1, count)).astype(int))
