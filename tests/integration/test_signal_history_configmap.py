@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta, timezone
+from urllib.parse import urlsplit
 
 import kmock
 import numpy as np
@@ -19,11 +20,13 @@ from greenml.kube import Kube
 from greenml.kube.client import load_configuration
 from greenml.signals.base import IntensitySeries
 from greenml.signals.history import ConfigMapHistoryStore, RecordedHistory, decode, encode
-from tests.integration.harness import declare_resources, write_kubeconfig
+from tests.integration.harness import declare_resources, run_operator, wait_for, write_kubeconfig
+from tests.integration.test_faults import FakeProvider, provider_env
+from tests.integration.test_trainingjob_operator import TJ, grid_start, training_job
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(120)
 
-NS, NAME = "greenml-system", "greenml-signal-history"
+NS, NAME = "ml", "greenml-signal-history"   # the namespace the operator under test is told to use
 T0 = datetime(2024, 3, 1, tzinfo=timezone.utc)
 H = timedelta(hours=1)
 
@@ -93,3 +96,42 @@ async def test_merge_configmap_data_creates_then_patches(kmock, kube):
     assert got["data"] == {"a": encode(s), "b": "2"}
     methods = [m for m, _ in calls(kmock, "/configmaps")]
     assert methods == ["patch", "post", "patch", "get"]   # absent → 404 → created; then patched; read
+
+
+# ---------------------------------------------------------------- the real operator (greenml run)
+class FreeTierProvider(FakeProvider):
+    """Electricity Maps as a free key sees it: /forecast refused (401), history served."""
+
+    def handle(self, h):
+        if urlsplit(h.path).path.endswith("/forecast"):
+            self.seen.append((urlsplit(h.path).path, {}, {}))
+            h.send_response(401)
+            h.send_header("Content-Type", "application/json")
+            h.end_headers()
+            h.wfile.write(b'{"message": "Forecast is not part of your plan"}')
+            return
+        super().handle(h)
+
+
+async def configmap(api, name: str = NAME):
+    return await api.get("v1/configmaps", NS, name)
+
+
+async def test_operator_records_provider_history_in_its_configmap_across_a_restart(api, kubeconfig, tmp_path):
+    """`greenml run` with Electricity Maps on a free key: the chain's forecaster asks for
+    history, and the record of it lands in the ConfigMap of the operator's namespace; a
+    restarted operator reads it back (its first ConfigMap request is a GET)."""
+    api.k.resources["v1/configmaps"] = kmock_resource()
+    with FreeTierProvider(grid_start(), [300.0] * 50) as provider:
+        env = provider_env(tmp_path, kubeconfig, provider, history_namespace=NS, replan_interval="2s")
+        with run_operator(tmp_path, env) as op:
+            await api.create(TJ, training_job("rec", duration="10m", max_delay="1h"))
+            cm = await wait_for("the history record", lambda: configmap(api), timeout=40, op=op)
+        assert set(cm["data"]) == {"electricitymaps.DE"}
+        assert cm["metadata"]["labels"]["greenml.io/record"] == "signal-history"
+        assert len(decode(cm["data"]["electricitymaps.DE"])) >= 1
+        n = len(api.requests_to("get", f"/configmaps/{NAME}"))
+        with run_operator(tmp_path, env) as op:
+            await wait_for("the restarted operator reading its record",
+                           lambda: len(api.requests_to("get", f"/configmaps/{NAME}")) > n, timeout=40, op=op)
+            assert op.alive()
