@@ -165,6 +165,21 @@ def test_record_asks_only_for_what_it_lacks(server):
     assert [r["path"] for r in server.requests[n:]] == ["/v3/carbon-intensity/history"]
 
 
+def test_a_recorded_past_range_is_served_from_the_record(server):
+    """A range the record holds (accounting a past period) is served without a request;
+    before, the provider was asked for an empty tail and the chain fell back to the profile."""
+    wall = [T0 + timedelta(days=3, minutes=30)]
+    FreeTier(server, wall)
+    src = RecordedHistory(ElectricityMapsSource(TOKEN, base_url=server.url, policy=FAST, utcnow=lambda: wall[0]),
+                          MemoryHistoryStore())
+    src.history("DE", wall[0] - timedelta(days=1), wall[0])
+    n = len(server.requests)
+    a = wall[0].replace(minute=0) - timedelta(hours=20)
+    h = FallbackChain(src).history("DE", a, a + timedelta(hours=3))
+    assert len(server.requests) == n and h.meta["link"] == "provider" and len(h) == 3
+    assert h.values.tolist() == pytest.approx([truth(a + i * H) for i in range(3)], abs=0.05)
+
+
 def test_record_serves_through_a_provider_outage_and_says_so(server):
     wall = [T0 + timedelta(days=2, minutes=30)]
     FreeTier(server, wall)

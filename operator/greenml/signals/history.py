@@ -270,6 +270,8 @@ class RecordedHistory:
         with self._lock:
             old = self._record(key)
             usable = old is not None and old.kind == self.kind and len(old) > 0
+            if usable and old.start <= start and end <= old.end:   # all of it recorded: no request
+                return self._serve(old, start, end, {})
             ask = start
             if usable and old.start <= start < old.end:   # only what the record lacks (its last slot is re-read)
                 ask = max(start, old.end - old.step)
@@ -280,7 +282,7 @@ class RecordedHistory:
                     return self._serve(old, start, end, {}, provider_error=exc.reason)
                 raise
             if len(fresh) == 0:
-                return fresh
+                return self._serve(old, start, end, {}) if usable and old.end > start and old.start < end else fresh
             merged = merge(old if usable else None, fresh, retention=self.policy.retention,
                            max_gap=self.policy.max_gap)
             if old is None or (merged.start, merged.step, merged.kind) != (old.start, old.step, old.kind) \
