@@ -237,7 +237,8 @@ class RecordedHistory:
         self.name = provider.name
         self.kind = getattr(provider, "kind", "average")
         self._records: dict[str, IntensitySeries | None] = {}
-        self._lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}   # one per key: zones do not wait on each other's requests
+        self._guard = threading.Lock()
         self._warned: set[str] = set()
 
     def __repr__(self) -> str:
@@ -267,7 +268,9 @@ class RecordedHistory:
     def history(self, zone: str, start: datetime, end: datetime) -> IntensitySeries:
         start, end = ensure_utc(start), ensure_utc(end)
         key = record_key(self.name, zone)
-        with self._lock:
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
             old = self._record(key)
             usable = old is not None and old.kind == self.kind and len(old) > 0
             if usable and old.start <= start and end <= old.end:   # all of it recorded: no request
