@@ -315,3 +315,22 @@ def test_kube_client_pod_methods_request_shapes():
     method, path, ctype, body = seen[1]
     assert path == "/api/v1/namespaces/ml/pods/p?fieldManager=greenml-agent"
     assert ctype == "application/merge-patch+json" and body == {"metadata": {"annotations": {APPLIED_ANNOTATION: "{}"}}}
+
+
+@pytest.mark.parametrize("gpu, ok, error", [
+    (FakeGpu("GPU-a"), True, None),
+    (FakeGpu("GPU-a", set_error=pynvml.NVML_ERROR_NO_PERMISSION), False, "NoPermission"),
+])
+def test_self_check(gpu, ok, error):
+    from greenml.agent.nvml import self_check
+
+    fake = FakeNvml([gpu])
+    out = self_check(Nvml(fake), 0)
+    assert out["ok"] is ok and out["min_w"] == 100 and out["default_w"] == 400
+    assert out["steps"][0]["watts"] == 250
+    if error:
+        assert out["steps"][0]["error"] == error
+    else:
+        assert [s["read_back_w"] for s in out["steps"]] == [250, 400]
+    assert fake.initialised == 0 and gpu.limit_mw == 400_000
+    assert self_check(Nvml(FakeNvml([gpu])), 3)["error"].startswith("no GPU 3")

@@ -121,3 +121,24 @@ def test_inference_variant_power_cap_watts(schema):
     bad = copy.deepcopy(v) | {"powerCapWatts": 0}
     with pytest.raises(Exception):
         Variant.model_validate(bad)
+
+
+def test_capped_variant_publishes_the_cap_on_its_pod_template():
+    from greenml.api.inferencebudget import InferenceBudgetSpec
+    from greenml.services.inferencebudget import POWER_CAP_ANNOTATION, deployment_apply_body
+
+    patch = {"spec": {"template": {"metadata": {"annotations": {"a": "b"}},
+                                   "spec": {"containers": [{"name": "server", "image": "img:13b"}]}}}}
+    spec = InferenceBudgetSpec.model_validate({
+        "targetRef": {"name": "chat"}, "budget": {"carbonGrams": 100, "period": "day"},
+        "variants": [
+            {"name": "full", "quality": 1.0, "capacityRps": 1, "power": {"wattsPerReplica": 300}, "patch": patch},
+            {"name": "capped", "quality": 1.0, "capacityRps": 0.8, "power": {"wattsPerReplica": 200}, "patch": patch,
+             "powerCapWatts": 200}]})
+    capped = deployment_apply_body("ns", "chat", spec, "capped", None)
+    ann = capped["spec"]["template"]["metadata"]["annotations"]
+    assert ann == {"a": "b", POWER_CAP_ANNOTATION: "200"}
+    assert capped["spec"]["template"]["spec"]["containers"][0]["image"] == "img:13b"
+    full = deployment_apply_body("ns", "chat", spec, "full", None)
+    assert POWER_CAP_ANNOTATION not in full["spec"]["template"]["metadata"]["annotations"]   # SSA removes ours
+    assert POWER_CAP_ANNOTATION not in patch["spec"]["template"]["metadata"]["annotations"]  # input untouched

@@ -108,3 +108,37 @@ class Nvml:
             self._handles[uuid] = handle
         self._call("nvmlDeviceSetPowerManagementLimit", self.m.nvmlDeviceSetPowerManagementLimit,
                    handle, int(round(watts * 1000)))
+
+
+def self_check(nvml: Nvml, index: int = 0, watts: float | None = None) -> dict[str, Any]:
+    """The real-device check (``greenml agent --self-check``): read one GPU's constraints,
+    set a cap (``watts``, default halfway between the minimum and the default limit), read it
+    back, restore the default and read that back. Returns what happened; ``ok`` only when the
+    cap and the restore both read back as set."""
+    out: dict[str, Any] = {"gpu": index, "ok": False, "steps": []}
+    nvml.init()
+    try:
+        devices = nvml.devices()
+        if not 0 <= index < len(devices):
+            out["error"] = f"no GPU {index} (found {len(devices)})"
+            return out
+        d = devices[index]
+        out.update(uuid=d.uuid, name=d.name, min_w=d.min_w, max_w=d.max_w, default_w=d.default_w,
+                   limit_before_w=d.limit_w, mig=d.mig)
+        if d.min_w is None or d.default_w is None:
+            out["error"] = "power management not readable on this GPU (NotSupported/NoPermission)"
+            return out
+        target = watts if watts is not None else round((d.min_w + d.default_w) / 2)
+        target = min(max(target, d.min_w), d.max_w if d.max_w is not None else target)
+        for step, value in (("set", target), ("restore", d.default_w)):
+            try:
+                nvml.set_limit(d.uuid, value)
+                got = nvml.devices()[index].limit_w
+                out["steps"].append({"step": step, "watts": value, "read_back_w": got,
+                                     "ok": got is not None and abs(got - value) < 0.5})
+            except DeviceError as exc:
+                out["steps"].append({"step": step, "watts": value, "error": exc.reason, "message": str(exc)})
+        out["ok"] = all(s.get("ok") for s in out["steps"])
+        return out
+    finally:
+        nvml.shutdown()

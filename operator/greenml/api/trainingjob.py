@@ -132,6 +132,8 @@ class TrainingJobSpec(ApiModel):
 class Window(StatusModel):
     start: datetime
     end: datetime
+    cap_watts: float | None = Field(default=None, description="GPU power cap per GPU planned for this window (W); "
+                                                                "absent: uncapped (spec.power.cap).")
 
 
 class PlanStatus(StatusModel):

@@ -24,6 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="kubelet PodResources socket (default: /var/lib/kubelet/pod-resources/kubelet.sock)")
     p.add_argument("--kubeconfig", default=None, help="kubeconfig (default: in-cluster, else $KUBECONFIG)")
     p.add_argument("--once", action="store_true", help="one pass, then restore the defaults and exit")
+    p.add_argument("--self-check", action="store_true",
+                   help="on a GPU machine: read one GPU's constraints, set a cap, read it back, restore the default "
+                        "(JSON on stdout; exit 1 unless both read back)")
+    p.add_argument("--gpu", type=int, default=0, help="--self-check: GPU index (default: %(default)s)")
+    p.add_argument("--watts", type=float, default=None,
+                   help="--self-check: the cap to set (default: halfway between the minimum and the default limit)")
     p.set_defaults(func=run)
 
 
@@ -38,6 +44,17 @@ def run(args: argparse.Namespace) -> int:
     from greenml.agent.nvml import DeviceError, Nvml, load_pynvml
     from greenml.agent.runner import AgentMetrics, DeviceSource, Runner
 
+    if args.self_check:
+        import json
+
+        from greenml.agent.nvml import self_check
+
+        try:
+            report = self_check(Nvml(load_pynvml()), args.gpu, args.watts)
+        except DeviceError as exc:
+            return _fail(f"NVML: {exc}")
+        print(json.dumps(report, indent=2))
+        return 0 if report["ok"] else 1
     if not args.node:
         return _fail("no node name: pass --node or set NODE_NAME (the chart sets it from spec.nodeName)")
     try:

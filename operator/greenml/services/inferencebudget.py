@@ -183,7 +183,12 @@ def deployment_apply_body(namespace: str, name: str, spec: InferenceBudgetSpec, 
                           replicas: int | None) -> dict[str, Any]:
     """Server-side-apply body: only the fields the variant patch names (+ replicas when
     the operator owns them, i.e. no HPA targets the Deployment)."""
-    patch = next(v.patch for v in spec.variants if v.name == variant)
+    chosen = next(v for v in spec.variants if v.name == variant)
+    patch = chosen.patch
+    if chosen.power_cap_watts is not None:
+        # the node agent caps the GPUs of the pods that carry it (docs/power-caps.md); a
+        # variant without a cap leaves it out, and server-side apply then removes ours
+        patch = _with_pod_annotation(patch, POWER_CAP_ANNOTATION, f"{chosen.power_cap_watts:g}")
     body: dict[str, Any] = {"apiVersion": "apps/v1", "kind": "Deployment",
                             "metadata": {"name": name, "namespace": namespace,
                                          "annotations": {"greenml.io/variant": variant}}}
@@ -198,6 +203,27 @@ def deployment_apply_body(namespace: str, name: str, spec: InferenceBudgetSpec, 
         body.setdefault("spec", {})
         body["spec"] = {**body["spec"], "replicas": int(replicas)}
     return body
+
+
+POWER_CAP_ANNOTATION = "greenml.io/power-cap-watts"
+
+
+def _with_pod_annotation(patch: Mapping[str, Any], key: str, value: str) -> dict[str, Any]:
+    """A copy of ``patch`` that also sets one annotation on the pod template (``patch``
+    unchanged where its shape has no room for one: the API server rejects such a patch anyway)."""
+    out = dict(patch)
+    spec = out.get("spec") or {}
+    template = spec.get("template") or {} if isinstance(spec, Mapping) else None
+    meta = template.get("metadata") or {} if isinstance(template, Mapping) else None
+    ann = meta.get("annotations") or {} if isinstance(meta, Mapping) else None
+    if not isinstance(ann, Mapping):
+        return out
+    spec, template, meta = dict(spec), dict(template), dict(meta)
+    meta["annotations"] = {**ann, key: value}
+    template["metadata"] = meta
+    spec["template"] = template
+    out["spec"] = spec
+    return out
 
 
 def applied_fields(live: Any, want: Any) -> Any:
