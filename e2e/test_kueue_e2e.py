@@ -246,3 +246,33 @@ async def test_interruptible_workload_retried_when_its_window_closes(kube, kueue
     await wait_for("running again", lambda: [p for p in pods(kube, ns, "pausable")
                                              if (p.get("status") or {}).get("phase") == "Running"], 60)
     assert kube.get_job(ns, "pausable")["spec"].get("suspend") is False
+
+
+async def test_a_kueue_restart_loses_nothing(kube, kueue_namespace, checked_queues, kueue):
+    """The check's state lives in the Workload: a restarted Kueue keeps the Job held while the
+    check is Pending, and admits it once it is Ready."""
+    ns, queues = kueue_namespace, checked_queues
+    check = queues["check"]
+    kube.set_admission_check_status(check, kq.admission_check_status(now()))
+    await wait_for("ClusterQueue Active", lambda: cq_active(kube, queues["cq"]), 30)
+    owner = kube.create_job(job_manifest("survivor", ns, gpus=2, **{kq.ANN_ESTIMATED_DURATION: "20m",
+                                                                     kq.ANN_MAX_DELAY: "6h"}))
+    flavor = kube.get(KUEUE, "resourceflavors", None, queues["flavor"])
+    await wait_for("the check Pending", lambda: (w := workload_of(kube, ns, "survivor"))
+                   and kq.observe(w, check).check_state == kq.PENDING, 60)
+    start = now() + timedelta(hours=1)
+    pending = write_check(kube, ns, "survivor", check, planned(start, start + timedelta(hours=1)), owner, flavor)
+    await wait_for("the message in the Workload", lambda: kq.observe(workload_of(kube, ns, "survivor"), check)
+                   .check_message == pending.message, 15)
+
+    kueue.stop_kueue()
+    kueue.kueue()
+    await asyncio.sleep(3)                       # the new Kueue has synced and had every chance to admit it
+    wl = workload_of(kube, ns, "survivor")
+    obs = kq.observe(wl, check)
+    assert (obs.check_state, obs.check_message) == (kq.PENDING, pending.message)
+    assert obs.quota_reserved and not obs.admitted
+    assert kube.get_job(ns, "survivor")["spec"]["suspend"] is True
+    write_check(kube, ns, "survivor", check, planned(now() - timedelta(seconds=5), now() + timedelta(hours=1)),
+                owner, flavor)
+    await wait_for("the Job completes", lambda: job_done(kube, ns, "survivor"), 60)

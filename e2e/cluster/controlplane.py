@@ -307,6 +307,7 @@ class ControlPlane:
     started_s: float = 0.0
     kueue_url: str = ""        # https://127.0.0.1:<port> of Kueue's webhooks, once started
     kueue_started_s: float = 0.0
+    kueue_port: int = 0        # kept across restarts: the CRDs' conversion webhook URL stays as it is
 
     # -- one component
     def _spawn(self, name: str, args: list[str]) -> None:
@@ -442,8 +443,8 @@ class ControlPlane:
                 shutil.copyfile(key, target / "tls.key")
             except OSError as exc:
                 raise ControlPlaneError(f"Kueue reads its certificates from {target}: {exc}") from None
-        port, health = free_port(), free_port()
-        self.kueue_url = f"https://{HOST}:{port}"
+        port, health = self.kueue_port or free_port(), free_port()
+        self.kueue_port, self.kueue_url = port, f"https://{HOST}:{port}"
         ca_bundle = base64.b64encode(self.ca.read_bytes()).decode()
 
         from greenml.kube import Conflict, Kube
@@ -481,6 +482,8 @@ class ControlPlane:
             kube.request("POST", "/apis/kueue.x-k8s.io/v1beta2/resourceflavors", "dry-run ResourceFlavor",
                          body={"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor",
                                "metadata": {"name": "e2e-probe"}}, params={"dryRun": "All"})
+            # and the converted storage serves (429 "storage is (re)initializing" right after a CRD changed)
+            kube.request("GET", "/apis/kueue.x-k8s.io/v1beta2/workloads", "list Workloads", params={"limit": "1"})
             return True
 
         self._wait("Kueue's webhooks", webhooks_answer, 60)
@@ -490,6 +493,7 @@ class ControlPlane:
     def stop_kueue(self) -> None:
         """Stop Kueue and remove its webhook configurations (their failurePolicy is Fail)."""
         self._terminate("kueue")
+        self.procs.pop("kueue", None)
         if not self.kueue_url:
             return
         from greenml.kube import Kube, NotFound

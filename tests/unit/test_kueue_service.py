@@ -323,3 +323,51 @@ def test_with_the_board_capacity_from_the_cluster_queue():
         assert failure is None and p is not None
         states.append(kq.decide_check(req, obs, p, now, defaults).state)
     assert sorted(states) == [kq.PENDING, kq.READY]
+
+
+# ---------------------------------------------------------------- one Workload, end to end (evaluate)
+
+class DownSource:
+    """A carbon source whose provider is down."""
+
+    def forecast(self, zone, now, horizon):
+        from greenml.signals.base import SignalError
+
+        raise SignalError("provider unreachable", reason="Unavailable")
+
+
+def clean_board(capacity=None) -> PlanBoard:
+    vals = np.full(48, 400.0)
+    vals[8:12] = 100.0                                      # clean from T0 + 4 h to T0 + 6 h
+    return PlanBoard(replace(DEFAULTS, step=timedelta(minutes=30)),
+                     SeriesSource(IntensitySeries(T0, timedelta(minutes=30), vals, source="test")), capacity=capacity)
+
+
+def test_evaluate_plans_writes_once_then_forgets_the_finished():
+    defaults = replace(DEFAULTS, step=timedelta(minutes=30))
+    board = clean_board()
+    owner = job(**{kq.ANN_ESTIMATED_DURATION: "2h", kq.ANN_MAX_DELAY: "18h"})
+    wl = workload(conditions=("QuotaReserved",), checks=[state("Pending", "Reset")])
+    ev = kq.evaluate(wl, owner, CHECK, board, T0 + H, defaults, zone="DE")
+    assert ev.decision.state == kq.PENDING and ev.plan.planned_start == T0 + 4 * H and len(board) == 1
+    assert ev.patch["status"]["admissionChecks"][0]["message"] == ev.decision.message
+    wl["status"]["admissionChecks"] = ev.patch["status"]["admissionChecks"]          # as the API server stores it
+    assert kq.evaluate(wl, owner, CHECK, board, T0 + H, defaults).patch is None       # nothing changed: no write
+    ready = kq.evaluate(wl, owner, CHECK, board, T0 + 4 * H, defaults)
+    assert ready.decision.state == kq.READY and ready.patch is not None
+    done = workload(conditions=("QuotaReserved", "Admitted", "Finished"), checks=ready.patch["status"]["admissionChecks"])
+    assert kq.evaluate(done, owner, CHECK, board, T0 + 7 * H, defaults).patch is None and len(board) == 0
+
+
+def test_evaluate_fails_open_on_bad_annotations_and_without_a_forecast():
+    defaults = replace(DEFAULTS, step=timedelta(minutes=30))
+    wl = workload(conditions=("QuotaReserved",), checks=[state("Pending")])
+    bad = kq.evaluate(wl, job(**{kq.ANN_MAX_DELAY: "1h", kq.ANN_ESTIMATED_DURATION: "1h", kq.ANN_INTERRUPTIBLE: "yes"}),
+                      CHECK, clean_board(), T0, defaults)
+    assert bad.decision.state == kq.READY and bad.invalid.field == kq.ANN_INTERRUPTIBLE and bad.patch is not None
+    board = PlanBoard(defaults, DownSource())
+    down = kq.evaluate(wl, job(**{kq.ANN_MAX_DELAY: "4h", kq.ANN_ESTIMATED_DURATION: "1h"}), CHECK, board, T0, defaults)
+    assert down.decision.state == kq.PENDING and "provider unreachable" in down.decision.message
+    latest = T0 + 4 * H + H - defaults.safety_margin - H
+    late = kq.evaluate(wl, job(**{kq.ANN_MAX_DELAY: "4h", kq.ANN_ESTIMATED_DURATION: "1h"}), CHECK, board, latest, defaults)
+    assert late.decision.state == kq.READY and late.decision.reason == "DeadlineForced"

@@ -15,6 +15,7 @@ objects, calls these functions and writes what they return (``greenml.kube.Kube`
 - ``resolve(workload, owner, defaults, ...)``      the same ``JobRequirements`` a TrainingJob resolves to
 - ``decide_check(req, obs, plan, now, defaults)``  Pending / Ready / Retry, with the message
 - ``check_patch(workload, check, decision, obs, now)``  the server-side-apply body for the Workload status
+- ``evaluate(workload, owner, check, board, now, defaults, ...)``  all of the above for one Workload
 
 Run time is Kueue's own: ``status.accumulatedPastExecutionTimeSeconds`` plus the time since
 the ``Admitted`` condition turned True, so a restart of greenml (or of Kueue) loses nothing.
@@ -28,7 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any, Iterable, Mapping
 
 from greenml.services import status_fields as f
-from greenml.services.board import PlannedJob
+from greenml.services.board import PlanBoard, PlannedJob
 from greenml.services.trainingjob import (
     GPU_RESOURCE,
     Defaults,
@@ -402,9 +403,48 @@ def check_patch(workload: Mapping[str, Any], check: str, decision: CheckDecision
             "status": {"admissionChecks": [entry]}}
 
 
+# ---------------------------------------------------------------- one Workload, end to end
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One Workload's turn: what was decided, and the status body to write (None: nothing changed)."""
+
+    decision: CheckDecision
+    patch: dict[str, Any] | None
+    req: JobRequirements | None = None          # None when its annotations could not be resolved
+    plan: PlannedJob | None = None
+    invalid: InvalidSpec | None = None          # for a Warning Event
+
+
+def evaluate(workload: Mapping[str, Any], owner: Mapping[str, Any] | None, check: str, board: PlanBoard,
+             now: datetime, defaults: Defaults, check_defaults: CheckDefaults = CheckDefaults(), *,
+             zone: str | None = None) -> Evaluation:
+    """The controller's whole step for one Workload that carries ``check``: observe its status,
+    resolve its request, keep it on ``board`` (the board of its ClusterQueue, whose capacity is
+    ``queue_capacity``), take its plan, decide, and build the patch when the state changes.
+    A finished Workload leaves the board. ``zone``: ``flavor_zone`` of its assigned flavor."""
+    obs = observe(workload, check)
+    meta = f.mapping(workload.get("metadata"))
+    key = (str(meta.get("namespace") or "default"), str(meta.get("name") or ""))
+    try:
+        req = resolve(workload, owner, defaults, check_defaults, zone=zone)
+    except InvalidSpec as exc:
+        board.forget(key)
+        d = decide_invalid(exc)
+        return Evaluation(d, check_patch(workload, check, d, obs, now) if d.differs(obs) else None, invalid=exc)
+    if obs.finished:
+        board.forget(req.key)
+        return Evaluation(decide_check(req, obs, None, now, defaults), None, req)
+    board.observe(req, obs.progress, obs.running)
+    plan, failure = board.plan_for(req.key, now)
+    d = decide_check(req, obs, plan, now, defaults, forecast_problem=failure.message if failure else None)
+    return Evaluation(d, check_patch(workload, check, d, obs, now) if d.differs(obs) else None, req, plan)
+
+
 __all__ = [
     "ANN_DEADLINE", "ANN_ESTIMATED_DURATION", "ANN_INTERRUPTIBLE", "ANN_MAX_DELAY", "CONTROLLER_NAME",
-    "CheckDecision", "CheckDefaults", "PENDING", "READY", "RETRY", "WorkloadObservation", "admission_check_status",
-    "assigned_flavors", "check_patch", "cluster_queue_of", "decide_check", "decide_invalid", "flavor_zone", "observe",
+    "CheckDecision", "CheckDefaults", "Evaluation", "PENDING", "READY", "RETRY", "WorkloadObservation",
+    "admission_check_status", "assigned_flavors", "check_patch", "cluster_queue_of", "decide_check", "decide_invalid",
+    "evaluate", "flavor_zone", "observe",
     "our_checks", "owner_of", "queue_capacity", "queue_checks", "resolve", "workload_gpus",
 ]
