@@ -357,6 +357,9 @@ def test_evaluate_plans_writes_once_then_forgets_the_finished():
     assert ready.decision.state == kq.READY and ready.patch is not None
     done = workload(conditions=("QuotaReserved", "Admitted", "Finished"), checks=ready.patch["status"]["admissionChecks"])
     assert kq.evaluate(done, owner, CHECK, board, T0 + 7 * H, defaults).patch is None and len(board) == 0
+    queued = workload(name="queued")                         # Kueue has not added the check yet: planned, not written
+    ev = kq.evaluate(queued, owner, CHECK, board, T0 + H, defaults)
+    assert ev.decision.state == kq.PENDING and ev.patch is None and len(board) == 1
 
 
 def test_evaluate_fails_open_on_bad_annotations_and_without_a_forecast():

@@ -422,7 +422,9 @@ def evaluate(workload: Mapping[str, Any], owner: Mapping[str, Any] | None, check
     """The controller's whole step for one Workload that carries ``check``: observe its status,
     resolve its request, keep it on ``board`` (the board of its ClusterQueue, whose capacity is
     ``queue_capacity``), take its plan, decide, and build the patch when the state changes.
-    A finished Workload leaves the board. ``zone``: ``flavor_zone`` of its assigned flavor."""
+    A finished Workload leaves the board. ``zone``: ``flavor_zone`` of its assigned flavor.
+    Nothing is written before Kueue has added the check to the Workload's status (it does so
+    for the checks its ClusterQueue names): an entry of ours would only fight its sync."""
     obs = observe(workload, check)
     meta = f.mapping(workload.get("metadata"))
     key = (str(meta.get("namespace") or "default"), str(meta.get("name") or ""))
@@ -431,14 +433,16 @@ def evaluate(workload: Mapping[str, Any], owner: Mapping[str, Any] | None, check
     except InvalidSpec as exc:
         board.forget(key)
         d = decide_invalid(exc)
-        return Evaluation(d, check_patch(workload, check, d, obs, now) if d.differs(obs) else None, invalid=exc)
+        write = obs.check_state is not None and d.differs(obs)
+        return Evaluation(d, check_patch(workload, check, d, obs, now) if write else None, invalid=exc)
     if obs.finished:
         board.forget(req.key)
         return Evaluation(decide_check(req, obs, None, now, defaults), None, req)
     board.observe(req, obs.progress, obs.running)
     plan, failure = board.plan_for(req.key, now)
     d = decide_check(req, obs, plan, now, defaults, forecast_problem=failure.message if failure else None)
-    return Evaluation(d, check_patch(workload, check, d, obs, now) if d.differs(obs) else None, req, plan)
+    write = obs.check_state is not None and d.differs(obs)
+    return Evaluation(d, check_patch(workload, check, d, obs, now) if write else None, req, plan)
 
 
 __all__ = [
