@@ -258,6 +258,25 @@ def test_short_marginal_forecast_is_never_continued_by_an_average_profile():
                                                                           ("embedded", "KindMismatch")]
 
 
+def test_a_failed_history_is_not_asked_again_on_every_call():
+    """Each forecast call continued a short forecast by asking history again, refused or not."""
+    class Counting(MarginalShort):
+        asked = 0
+
+        def history(self, zone, start, end):
+            self.asked += 1
+            return super().history(zone, start, end)
+
+    clock, prov = FakeClock(), Counting()
+    chain = FallbackChain(prov, clock=clock)
+    for _ in range(10):
+        chain.forecast("CAISO_NORTH", NOW, timedelta(hours=6))
+    assert prov.asked == 1
+    clock.t += chain.policy.history_retry + 1
+    chain.forecast("CAISO_NORTH", NOW, timedelta(hours=6))
+    assert prov.asked == 2
+
+
 def test_full_forecast_is_not_marked_short():
     chain = FallbackChain(SeriesSource(ShortForecasts(H).series))
     f = chain.forecast("DE", NOW, timedelta(hours=6))

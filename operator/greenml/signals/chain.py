@@ -50,6 +50,7 @@ class ChainPolicy:
     history_ttl: float = 3600.0                         # seconds a fetched history is reused
     history_max_stale: timedelta = timedelta(hours=24)  # cached history usable on error if it ends within this
     forecast_ttl: float = 300.0                         # seconds a provider forecast is reused
+    history_retry: float = 60.0                         # seconds a failed history request is not repeated
     forecaster: ForecasterPolicy = ForecasterPolicy()
 
 
@@ -76,6 +77,9 @@ class FallbackChain:
         self.policy = policy
         self._forecast = forecaster
         self._history_cache: TTLCache[IntensitySeries] = TTLCache(policy.history_ttl, clock=clock)
+        # a failed history request, by zone: not repeated for history_retry seconds (the own
+        # forecaster and short-forecast continuations ask on every call otherwise)
+        self._history_failed: TTLCache[SignalError] = TTLCache(policy.history_retry, clock=clock)
         # by zone: (the forecast, the end of the range it was asked for)
         self._forecast_cache: TTLCache[tuple[IntensitySeries, datetime]] = TTLCache(policy.forecast_ttl, clock=clock)
         self.name = f"chain({primary.name if primary else 'none'}>{self.fallback.name})"
@@ -101,9 +105,16 @@ class FallbackChain:
         if cached is not None and cached.end >= now - timedelta(hours=1):
             return cached
         try:
-            hist = self.primary.history(zone, now - self.policy.history_lookback, now)
-            if len(hist) == 0:
-                raise SignalError(f"{self.primary.name}: empty history for {zone}", reason="Malformed")
+            failed = self._history_failed.get(key)
+            if failed is not None:
+                raise failed
+            try:
+                hist = self.primary.history(zone, now - self.policy.history_lookback, now)
+                if len(hist) == 0:
+                    raise SignalError(f"{self.primary.name}: empty history for {zone}", reason="Malformed")
+            except SignalError as exc:
+                self._history_failed.put(key, exc)
+                raise
             self._history_cache.put(key, hist)
             return hist
         except SignalError:
