@@ -264,20 +264,15 @@ def mixed(f: np.ndarray, allowed: np.ndarray | None, lo: int, work: float,
     order = np.lexsort((inc, slot_of, per_work))        # cheapest per work; ties: earlier slot
     gained = np.cumsum(ds[inc[order]])
     cut = int(np.searchsorted(gained, work - 1e-9))     # first index where the work is reached
-    taken = np.zeros(slots.size, dtype=np.int64)        # increments taken per allowed slot
+    idx_of = np.repeat(np.arange(slots.size), len(hl))  # position in `slots` of each (slot, increment)
+    taken = np.bincount(idx_of[order[:cut]], minlength=slots.size).astype(np.int64)   # increments per slot
     pos = {int(t): i for i, t in enumerate(slots)}
-    for j in order[:cut]:
-        taken[pos[int(slot_of[j])]] += 1
     deficit = work - (float(gained[cut - 1]) if cut > 0 else 0.0)
     # round the fractional increment up: the cheapest single next increment of any slot covering
-    # the deficit (the greedy's own next one always qualifies when it covers it)
-    best, best_cost = None, math.inf
-    for i, t in enumerate(slots):
-        k = int(taken[i])
-        if k < len(hl) and ds[k] >= deficit - 1e-9:
-            c = float(f[t] * dp[k])
-            if c < best_cost - 1e-12:
-                best, best_cost = i, c
+    # the deficit (the greedy's own next one always qualifies when it covers it); earliest on ties
+    nxt = np.minimum(taken, len(hl) - 1)
+    fits = (taken < len(hl)) & (ds[nxt] >= deficit - 1e-9)
+    best = int(np.argmin(np.where(fits, f[slots] * dp[nxt], np.inf))) if fits.any() else None
     if best is None:
         # no single increment covers it: keep following the greedy order (rare with coarse hulls)
         for j in order[cut:]:
@@ -311,9 +306,11 @@ def _trim(taken: np.ndarray, f: np.ndarray, ds: np.ndarray, dp: np.ndarray, work
         k = taken[tops] - 1
         can = ds[k] <= slack + 1e-9
         if not can.any():
-            # swap: drop one top increment (t) and add the next increment of another slot (u)
+            # swap: drop one top increment (t) and add the next increment of another slot (u);
+            # the 16 dearest tops are tried (a bounded local improvement, not a search)
             best, gain = None, 1e-9
-            for i in tops:
+            top_cost = f[tops] * dp[taken[tops] - 1]
+            for i in tops[np.argsort(-top_cost, kind="stable")[:16]]:
                 drop_s, drop_c = ds[taken[i] - 1], f[i] * dp[taken[i] - 1]
                 room = taken < len(ds)
                 room[i] = False
@@ -345,7 +342,8 @@ def mixed_bound(f: np.ndarray, levels: Sequence[CapLevel]) -> float:
     return float(np.max(f)) * max(dp) if f.size else 0.0
 
 
-def _uniform(z, job, bad: np.ndarray | None, lo: int, hi: int, work: float, lv: CapLevel) -> CappedRuns | None:
+def _uniform(z, job, bad: np.ndarray | None, lo: int, hi: int, work: float, lv: CapLevel,
+             table=None) -> CappedRuns | None:
     """The shifting planner's own exact placement of the slots ``work`` takes at one level."""
     from dataclasses import replace
 
@@ -354,20 +352,23 @@ def _uniform(z, job, bad: np.ndarray | None, lo: int, hi: int, work: float, lv: 
     n = slots_for(work, lv)
     if n <= 0 or lo + n > hi:
         return None
-    runs = shifting.place(z, replace(job, remaining=n), bad, lo, hi, n)
+    runs = shifting.place(z, replace(job, remaining=n), bad, lo, hi, n, table)
     if runs is None:
         return None
     return CappedRuns(runs, (lv,) * len(runs), z.cost(runs) * lv.power)
 
 
-def place_capped(f: np.ndarray, job, levels: Sequence[CapLevel], free: np.ndarray | None = None) -> CappedRuns | None:
+def place_capped(f: np.ndarray, job, levels: Sequence[CapLevel], free: np.ndarray | None = None,
+                 zone=None) -> CappedRuns | None:
     """Windows and a cap per window for one ``shifting.JobSpec`` on the forecast ``f`` (one
     value per slot from slot 0, covering its deadline), jointly: the cheapest of the uniform
     plans (one per level) and, for interruptible jobs with min_run 1, the mixed plan. Work is
     in slots at the fastest level. ``free``: GPUs free per slot (None: unlimited); slots
     above the job's maxIntensity are avoided. None when no capped plan fits (the caller keeps
     its plain plan). A running non-interruptible job (``pinned``) stays one run from
-    ``earliest``: the slowest level that still ends by the deadline, at least carbon."""
+    ``earliest``: the slowest level that still ends by the deadline, at least carbon.
+    ``zone``: the shifting planner's table of ``f`` (``shifting._Zone.of(f)``), to share
+    between jobs."""
     from greenml.planning import shifting
 
     hl = hull(levels)
@@ -376,7 +377,7 @@ def place_capped(f: np.ndarray, job, levels: Sequence[CapLevel], free: np.ndarra
     hi = min(int(job.latest_end), f.size)
     if not hl or k == 0:
         return None
-    z = shifting._Zone.of(np.asarray(f, dtype=np.float64))
+    z = zone if zone is not None else shifting._Zone.of(np.asarray(f, dtype=np.float64))
     pinned = min(k, max(0, int(job.pinned)))
     if pinned and not job.interruptible:
         best = None
@@ -389,15 +390,20 @@ def place_capped(f: np.ndarray, job, levels: Sequence[CapLevel], free: np.ndarra
         return best
     top = hl[-1]
     lo, rest = e + pinned, k - pinned
-    bad = None
+    full = hot = None
     if free is not None and job.gpus > 0:
-        bad = free[lo:hi] < job.gpus
-    if job.max_intensity is not None:
-        hot = z.f[lo:hi] > float(job.max_intensity)
-        bad = hot if bad is None else (bad | hot)
-    if bad is not None and not bad.any():
-        bad = None
-    cands = [c for c in (_uniform(z, job, bad, lo, hi, rest, lv) for lv in reversed(hl)) if c is not None]
+        full = free[lo:hi] < job.gpus
+        full = full if full.any() else None
+    thr = float(job.max_intensity) if job.max_intensity is not None else None
+    if thr is not None:
+        hot = z.hot(thr)[lo:hi]
+        if not hot.any():
+            thr = hot = None
+    bad = hot if full is None else (full if hot is None else full | hot)
+    # the min-run DP table is shared between levels and jobs (cached on the zone) unless the
+    # free capacity makes the forbidden slots this job's own
+    table = None if full is not None else (lambda m: z.min_run_table(lo, m, thr))
+    cands = [c for c in (_uniform(z, job, bad, lo, hi, rest, lv, table) for lv in reversed(hl)) if c is not None]
     if job.interruptible and max(1, int(job.min_run)) == 1 and hi > lo:
         m = mixed(z.f[lo:hi], None if bad is None else ~bad, lo, rest, hl)
         if m is not None:
@@ -445,17 +451,19 @@ def refine(jobs: Sequence, plans: Sequence, forecasts, *, step_hours: float, cap
     if not isinstance(forecasts, Mapping):
         forecasts = {shifting.DEFAULT_ZONE: forecasts}
     arrays = {name: shifting._extend(np.asarray(f, dtype=np.float64), horizon) for name, f in forecasts.items()}
+    tables = {name: shifting._Zone.of(a) for name, a in arrays.items()}
     used = shifting.usage(plans, jobs, horizon) if capacity_gpus is not None else None
     for i, (job, p) in enumerate(zip(jobs, plans)):
         lv = levels.get(job.name)
-        f = arrays.get(job.zone, next(iter(arrays.values())) if len(arrays) == 1 else None)
+        zname = job.zone if job.zone in arrays else (next(iter(arrays)) if len(arrays) == 1 else None)
+        f = arrays.get(zname) if zname is not None else None
         if (not lv or f is None or not p.runs or p.reason in (shifting.DEADLINE_FORCED, shifting.DONE)
                 or getattr(p, "at_risk", False) or getattr(p, "unplaceable", False)):
             continue
         free = None
         if used is not None:
             free = float(capacity_gpus) - (used - shifting.usage([p], [job], horizon))
-        capped = place_capped(f, job, lv, free)
+        capped = place_capped(f, job, lv, free, tables[zname])
         grams = None if capped is None else capped.cost * job.power_kw * step_hours
         if capped is None or grams >= p.grams * (1 - 1e-9):
             continue
