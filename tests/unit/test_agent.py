@@ -334,3 +334,12 @@ def test_self_check(gpu, ok, error):
         assert [s["read_back_w"] for s in out["steps"]] == [250, 400]
     assert fake.initialised == 0 and gpu.limit_mw == 400_000
     assert self_check(Nvml(FakeNvml([gpu])), 3)["error"].startswith("no GPU 3")
+
+
+def test_pods_of_other_nodes_are_ignored_even_if_listed():
+    gpus = [FakeGpu("GPU-a")]
+    other = pod("elsewhere", cap=150)
+    other["spec"]["nodeName"] = "gpu-node-2"
+    fake, agent, api, runner = setup(gpus, [other], {("ml", "elsewhere"): ("GPU-a",)})
+    runner.step(NOW)
+    assert gpus[0].sets == [] and api.patches == []

@@ -142,3 +142,17 @@ def test_capped_variant_publishes_the_cap_on_its_pod_template():
     full = deployment_apply_body("ns", "chat", spec, "full", None)
     assert POWER_CAP_ANNOTATION not in full["spec"]["template"]["metadata"]["annotations"]   # SSA removes ours
     assert POWER_CAP_ANNOTATION not in patch["spec"]["template"]["metadata"]["annotations"]  # input untouched
+
+
+def test_job_manifest_carries_the_cap_for_the_agent():
+    from greenml.planning.power import CAP_ANNOTATION
+    from greenml.services.trainingjob import job_manifest, power_cap_annotation
+
+    body = tj({"watts": 200})
+    req = resolve(body, Defaults())
+    m = job_manifest(req, body["spec"]["template"], power_cap_watts=200.0)
+    assert m["spec"]["template"]["metadata"]["annotations"] == {CAP_ANNOTATION: "200"}
+    assert m["spec"]["template"]["spec"]["containers"][0]["image"] == "i"
+    assert "metadata" not in body["spec"]["template"]["spec"]["template"]          # input untouched
+    assert "metadata" not in job_manifest(req, body["spec"]["template"])["spec"]["template"]
+    assert power_cap_annotation(None) == {CAP_ANNOTATION: None} and power_cap_annotation(187.5) == {CAP_ANNOTATION: "187.5"}

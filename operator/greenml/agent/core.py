@@ -16,8 +16,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from greenml.agent.nvml import Device, DeviceError, Nvml
 
-CAP_ANNOTATION = "greenml.io/power-cap-watts"          # written by the operator on the Job's pod template
-APPLIED_ANNOTATION = "greenml.io/power-cap-applied"    # written by the agent: what it did
+from greenml.planning.power import APPLIED_ANNOTATION, CAP_ANNOTATION
+
 FINISHED_PHASES = ("Succeeded", "Failed")
 
 # report states

@@ -81,6 +81,9 @@ class Runner:
             self.log(f"list pods on {self.node}: {exc}")
             self.metrics.failures.labels("ApiError").inc()
             return
+        # the field selector asks for this node's pods; a server that ignores it (or a pod
+        # rescheduled meanwhile) must not get another node's GPUs capped
+        pods = [p for p in pods if ((p.get("spec") or {}).get("nodeName")) == self.node]
         views = self.views(pods)
         res = self.agent.reconcile(views, now)
         for reason in res.failures:

@@ -45,6 +45,11 @@ import numpy as np
 #: a level's speed below this counts as not running
 _EPS = 1e-9
 
+#: the pod annotation the operator publishes (W per GPU) and the node agent applies
+CAP_ANNOTATION = "greenml.io/power-cap-watts"
+#: the pod annotation the node agent reports what it did in (JSON)
+APPLIED_ANNOTATION = "greenml.io/power-cap-applied"
+
 
 @dataclass(frozen=True)
 class CurvePoint:

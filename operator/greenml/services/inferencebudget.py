@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from greenml.api.inferencebudget import InferenceBudgetSpec
 from greenml.planning import inference as core
+from greenml.planning.power import CAP_ANNOTATION as POWER_CAP_ANNOTATION
 from greenml.services import status_fields as f
 from greenml.services.trainingjob import InvalidSpec
 from greenml.timeutil import format_time
@@ -203,9 +204,6 @@ def deployment_apply_body(namespace: str, name: str, spec: InferenceBudgetSpec, 
         body.setdefault("spec", {})
         body["spec"] = {**body["spec"], "replicas": int(replicas)}
     return body
-
-
-POWER_CAP_ANNOTATION = "greenml.io/power-cap-watts"
 
 
 def _with_pod_annotation(patch: Mapping[str, Any], key: str, value: str) -> dict[str, Any]:

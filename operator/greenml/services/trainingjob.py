@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from greenml import API_VERSION
 from greenml.api.trainingjob import TrainingJobSpec
-from greenml.planning.power import CapCurve, CapPolicy, CurvePoint, curve_for
+from greenml.planning.power import CAP_ANNOTATION, CapCurve, CapPolicy, CurvePoint, curve_for
 from greenml.services import status_fields as f
 from greenml.timeutil import ensure_utc, format_time, parse_duration, parse_time
 
@@ -397,12 +397,20 @@ def job_name(tj_name: str) -> str:
     return f"{tj_name[:50].rstrip('-.')}-{digest}-run"
 
 
-def job_manifest(req: JobRequirements, template: Mapping[str, Any]) -> dict[str, Any]:
-    """The batch/v1 Job, created suspended, owned by the TrainingJob (garbage-collected with it)."""
+def job_manifest(req: JobRequirements, template: Mapping[str, Any], *,
+                 power_cap_watts: float | None = None) -> dict[str, Any]:
+    """The batch/v1 Job, created suspended, owned by the TrainingJob (garbage-collected with it).
+    ``power_cap_watts``: the GPU power cap its pods carry for the node agent (PlanBoard.cap_for)."""
     tmeta = dict(template.get("metadata") or {})
     labels = {**(tmeta.get("labels") or {}), LABEL_MANAGED_BY: MANAGED_BY, LABEL_OWNER: req.name}
     spec = dict(template.get("spec") or {})
     spec["suspend"] = True
+    if power_cap_watts is not None:
+        pod = dict(spec.get("template") or {})
+        pmeta = dict(pod.get("metadata") or {})
+        pmeta["annotations"] = {**(pmeta.get("annotations") or {}), **power_cap_annotation(power_cap_watts)}
+        pod["metadata"] = pmeta
+        spec["template"] = pod
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -418,6 +426,12 @@ def job_manifest(req: JobRequirements, template: Mapping[str, Any]) -> dict[str,
         },
         "spec": spec,
     }
+
+
+def power_cap_annotation(watts: float | None) -> dict[str, str | None]:
+    """The pod annotation that asks the node agent for a cap (None: remove it, i.e. uncapped);
+    as a merge patch: ``{"metadata": {"annotations": power_cap_annotation(w)}}`` on each pod."""
+    return {CAP_ANNOTATION: None if watts is None else f"{watts:g}"}
 
 
 def owned_by(job: Mapping[str, Any], req: JobRequirements) -> bool:
