@@ -229,7 +229,7 @@ async def test_interruptible_workload_retried_when_its_window_closes(kube, kueue
     p = PlannedJob(((now() - timedelta(minutes=1), now() - timedelta(seconds=1)), (nxt, nxt + timedelta(hours=1))),
                    60.0, 100.0, "Planned", "e2e", False, now())
     d = write_check(kube, ns, "pausable", check, p, owner, flavor)
-    assert d.state == kq.RETRY and 6 <= d.requeue_after <= 8, d
+    assert d.state == kq.RETRY and 1 <= d.requeue_after <= 8, d   # up to the next window (less on a slow machine)
     await wait_for("Kueue evicts it: the Job suspended, its pods gone", lambda: (
         kube.get_job(ns, "pausable")["spec"]["suspend"] is True and not pods(kube, ns, "pausable")), 60)
     wl = await wait_for("the check reset to Pending, run time kept", lambda: (

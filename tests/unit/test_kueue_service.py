@@ -105,6 +105,17 @@ def test_admission_check_active_condition():
     bad = kq.admission_check_status(T0, "unknown key(s) foo")["conditions"][0]
     assert (ok["type"], ok["status"], ok["reason"]) == ("Active", "True", "Active")
     assert (bad["status"], bad["reason"], bad["message"]) == ("False", "BadParameters", "unknown key(s) foo")
+    current = {"metadata": {"name": "carbon-window"}, "status": {"conditions": [ok]}}
+    assert kq.admission_check_status(T0 + H, None, current) is None              # unchanged: nothing to write
+    assert kq.admission_check_status(T0 + H, "bad", current)["conditions"][0]["status"] == "False"
+
+
+def test_owner_and_cluster_queue_of_an_evicted_workload():
+    assert kq.owner_of(workload()) == ("batch/v1", "jobs", "train")
+    lqs = {("ml", "team"): {"spec": {"clusterQueue": "gpu-eu"}}}
+    assert kq.cluster_queue_of(workload(), lqs) == "gpu-eu"                      # no admission: via its LocalQueue
+    assert kq.cluster_queue_of(workload(conditions=("QuotaReserved",)), lqs) == "gpu"
+    assert kq.cluster_queue_of(workload(), {}) is None
 
 
 def test_flavor_zone_through_the_zone_map():

@@ -6,8 +6,11 @@ or the Kubernetes client, and ``now`` is always a parameter. The controller read
 objects, calls these functions and writes what they return (``greenml.kube.Kube``):
 
 - ``our_checks(admission_checks)``                 names of the AdmissionChecks this controller owns
-- ``admission_check_status(now, problem)``         their ``Active`` condition (a ClusterQueue with an
-                                                   inactive check admits nothing)
+- ``admission_check_status(now, problem, current)``  their ``Active`` condition (a ClusterQueue with an
+                                                   inactive check admits nothing); None: unchanged
+- ``queue_checks(cluster_queue)``                  the checks a ClusterQueue names
+- ``cluster_queue_of(workload, local_queues)``     which ClusterQueue (so which board) a Workload is on
+- ``owner_of(workload)``                           (apiVersion, plural, name) of its owner, for its annotations
 - ``CheckDefaults.from_mapping(configmap_data)``   the check's defaults (ConfigMap named like the check)
 - ``queue_capacity(cluster_queue)``                nominal ``nvidia.com/gpu`` quota: the board's capacity
 - ``flavor_zone(flavor, zone_label, zone_map)``    grid zone from a ResourceFlavor's node labels
@@ -90,14 +93,19 @@ def our_checks(admission_checks: Iterable[Mapping[str, Any]]) -> frozenset[str]:
                      if f.mapping(ac.get("spec")).get("controllerName") == CONTROLLER_NAME)
 
 
-def admission_check_status(now: datetime, problem: str | None = None) -> dict[str, Any]:
+def admission_check_status(now: datetime, problem: str | None = None,
+                           current: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
     """The AdmissionCheck's status: ``Active`` True (Kueue keeps a ClusterQueue with an inactive
-    check inactive), or False with ``problem`` (e.g. unreadable defaults)."""
-    return {"conditions": [{
-        "type": "Active", "status": "False" if problem else "True",
-        "reason": "BadParameters" if problem else "Active",
-        "message": problem or "greenml plans workloads into low-carbon windows before their deadlines",
-        "lastTransitionTime": format_time(now)}]}
+    check inactive), or False with ``problem`` (e.g. unreadable defaults). With the ``current``
+    AdmissionCheck: None when its condition already says so (nothing to write)."""
+    status, reason = ("False", "BadParameters") if problem else ("True", "Active")
+    message = problem or "greenml plans workloads into low-carbon windows before their deadlines"
+    old = next((c for c in f.mapping(f.mapping(current).get("status")).get("conditions") or []
+                if f.mapping(c).get("type") == "Active"), None)
+    if old and (old.get("status"), old.get("reason"), old.get("message")) == (status, reason, message):
+        return None
+    return {"conditions": [{"type": "Active", "status": status, "reason": reason, "message": message,
+                            "lastTransitionTime": format_time(now)}]}
 
 
 @dataclass(frozen=True)
@@ -179,8 +187,17 @@ def assigned_flavors(workload: Mapping[str, Any], resource: str = GPU_RESOURCE) 
     return tuple(out)
 
 
-def cluster_queue_of(workload: Mapping[str, Any]) -> str | None:
-    return f.mapping(f.mapping(workload.get("status")).get("admission")).get("clusterQueue") or None
+def cluster_queue_of(workload: Mapping[str, Any],
+                     local_queues: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> str | None:
+    """The ClusterQueue of a Workload: the one that reserved its quota, else the one its
+    LocalQueue (``spec.queueName``; ``local_queues`` keyed by (namespace, name)) points at —
+    an evicted Workload has no admission but stays planned on its queue's board."""
+    admitted = f.mapping(f.mapping(workload.get("status")).get("admission")).get("clusterQueue")
+    if admitted or local_queues is None:
+        return admitted or None
+    ns = f.mapping(workload.get("metadata")).get("namespace")
+    lq = local_queues.get((ns, f.mapping(workload.get("spec")).get("queueName")))
+    return f.mapping(f.mapping(lq).get("spec")).get("clusterQueue") or None
 
 
 # ---------------------------------------------------------------- the Workload
@@ -207,13 +224,19 @@ def workload_gpus(workload: Mapping[str, Any], resource: str = GPU_RESOURCE) -> 
     return total
 
 
+#: plural resource names of the kinds Kueue integrates whose plural is not kind + "s"
+_PLURALS = {"LeaderWorkerSet": "leaderworkersets", "AppWrapper": "appwrappers"}
+
+
 def owner_of(workload: Mapping[str, Any]) -> tuple[str, str, str] | None:
-    """(apiVersion, kind, name) of the Workload's controlling owner (the Job, JobSet, …)."""
+    """(apiVersion, plural, name) of the Workload's controlling owner (the Job, JobSet, RayJob …),
+    ready for ``Kube.get(api_version, plural, namespace, name)``."""
     refs = f.mapping(workload.get("metadata")).get("ownerReferences") or []
     for ref in sorted(refs, key=lambda r: not f.mapping(r).get("controller")):
         ref = f.mapping(ref)
         if ref.get("apiVersion") and ref.get("kind") and ref.get("name"):
-            return str(ref["apiVersion"]), str(ref["kind"]), str(ref["name"])
+            kind = str(ref["kind"])
+            return str(ref["apiVersion"]), _PLURALS.get(kind, kind.lower() + "s"), str(ref["name"])
     return None
 
 
