@@ -83,7 +83,7 @@ def test_static_cap_slows_the_job_and_lowers_its_draw():
     plain, capped = resolve(tj(), Defaults()), resolve(tj({"watts": 150}), Defaults())
     assert capped.cap.mode == "static" and capped.cap.max_watts == 150
     assert capped.duration == timedelta(hours=2 * 1.332)          # A40 at 50 % of its limit (Zeus median)
-    assert capped.watts == pytest.approx(plain.watts * 0.674)
+    assert capped.watts == pytest.approx(plain.watts * 0.674, abs=0.2)
     assert capped.deadline == plain.deadline                      # the slowdown counts against the deadline
 
 

@@ -303,7 +303,7 @@ def resolve(body: Mapping[str, Any], defaults: Defaults, *, known_zones: Sequenc
             duration = timedelta(seconds=round(duration.total_seconds() * time_factor, 3))
         except OverflowError:
             raise InvalidSpec("spec.schedule.estimatedDuration", "too large once slowed by the power cap") from None
-        per_gpu *= power_factor   # the deadline stays: the slowdown counts against it
+        per_gpu = round(per_gpu * power_factor, 1)   # the deadline stays: the slowdown counts against it
     watts = gpus * per_gpu if gpus > 0 else defaults.cpu_job_watts
 
     carbon = spec.carbon
