@@ -91,6 +91,9 @@ def test_start_restores_defaults_and_cap_is_applied_and_restored():
     pods[0]["status"]["phase"] = "Succeeded"
     runner.step(NOW)
     assert [g.limit_mw for g in gpus] == [400_000, 400_000]  # the pod ended: default back
+    assert report(api, "train-0")["state"] == "Restored"
+    runner.step(NOW)
+    assert len(api.patches) == 2                             # reported once
 
 
 def test_cap_is_clamped_to_the_device_constraints():

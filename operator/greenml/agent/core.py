@@ -21,7 +21,7 @@ from greenml.planning.power import APPLIED_ANNOTATION, CAP_ANNOTATION
 FINISHED_PHASES = ("Succeeded", "Failed")
 
 # report states
-APPLIED, CLAMPED, FAILED, SHARED = "Applied", "Clamped", "Failed", "Shared"
+APPLIED, CLAMPED, FAILED, SHARED, RESTORED = "Applied", "Clamped", "Failed", "Shared", "Restored"
 
 
 @dataclass(frozen=True)
@@ -231,7 +231,13 @@ class Agent:
                 res.failures.append(exc.reason)
             res.limits[uuid] = st.limit_w
         for p in pods:
-            if not p.running or (p.cap is None and not p.cap_error):
+            if not p.running:
+                if p.applied and f'"state":"{RESTORED}"' not in p.applied:
+                    res.reports[p.key] = report_value(RESTORED, at=now)     # its GPUs are back at the default
+                continue
+            if p.cap is None and not p.cap_error:
+                if p.applied and f'"state":"{RESTORED}"' not in p.applied:
+                    res.reports[p.key] = report_value(RESTORED, at=now)     # the operator took the cap away
                 continue
             mine = [t for t in targets.values() if p.key in t.pods]
             failed = [errors[t.uuid] for t in mine if t.uuid in errors]
