@@ -244,3 +244,31 @@ def test_board_static_cap_is_published_always():
     plan, _ = board.plan_for(req.key, T0)
     assert plan.caps == ()
     assert board.cap_for(req.key, T0) == 200.0 and board.cap_for(req.key, T0, forced=True) == 200.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 6), st.integers(0, 10), st.integers(1, 3), st.booleans(), st.booleans()),
+                min_size=1, max_size=5),
+       st.lists(st.integers(50, 500), min_size=24, max_size=24), st.integers(2, 8))
+def test_refine_keeps_deadlines_work_and_capacity(specs, f, capacity):
+    f = np.array(f, dtype=float)
+    jobs = [shifting.JobSpec(f"j{i}", k, min(24, k + slack), gpus=g, power_kw=float(g), interruptible=intr,
+                             min_run=1 if intr else 1, zone=shifting.DEFAULT_ZONE)
+            for i, (k, slack, g, intr, _) in enumerate(specs)]
+    capped_names = {j.name for j, s in zip(jobs, specs) if s[4]}
+    plain = shifting.plan(jobs, f, step_hours=1.0, capacity_gpus=capacity)
+    both = power.plan_with_caps(jobs, f, step_hours=1.0, capacity_gpus=capacity,
+                                levels={n: LEVELS for n in capped_names})
+    before = shifting.usage(plain, jobs, 24)
+    after = shifting.usage([p for p, _ in both], jobs, 24)
+    assert np.all(after <= np.maximum(before, capacity) + 1e-9)      # capping never overfills a slot
+    by_watts = {lv.watts: lv for lv in LEVELS}
+    for j, p0, (p, caps) in zip(jobs, plain, both):
+        assert p.grams <= p0.grams + 1e-9
+        if not caps:
+            assert p.runs == p0.runs
+            continue
+        assert j.name in capped_names and len(caps) == len(p.runs)
+        work = sum((e - s) * by_watts[c].speed for (s, e), c in zip(p.runs, caps))
+        assert work >= j.remaining - 1e-9
+        assert all(0 <= s < e <= j.latest_end for s, e in p.runs)
