@@ -156,3 +156,14 @@ def test_job_manifest_carries_the_cap_for_the_agent():
     assert "metadata" not in body["spec"]["template"]["spec"]["template"]          # input untouched
     assert "metadata" not in job_manifest(req, body["spec"]["template"])["spec"]["template"]
     assert power_cap_annotation(None) == {CAP_ANNOTATION: None} and power_cap_annotation(187.5) == {CAP_ANNOTATION: "187.5"}
+
+
+def test_progress_rebase_counts_capped_time_at_its_speed():
+    from greenml.services.trainingjob import Progress
+
+    t0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    p = Progress(run_seconds=600.0, running_since=t0, runs=1)
+    q = p.rebase(t0 + timedelta(hours=1), 0.75)
+    assert q.run_seconds == 600 + 2700 and q.running_since == t0 + timedelta(hours=1) and q.runs == 1
+    assert q.total(t0 + timedelta(hours=2)) == 600 + 2700 + 3600          # the new segment at full speed until rebased
+    assert Progress(run_seconds=5.0).rebase(t0, 0.5) == Progress(run_seconds=5.0)   # not running: unchanged

@@ -124,6 +124,17 @@ class Progress:
             return replace(self, seen_running=None)
         return replace(self, run_seconds=self.total(max(end, self.running_since)), running_since=None, seen_running=None)
 
+    def rebase(self, now: datetime, speed: float) -> "Progress":
+        """Carbon-aware power caps: count the open run segment at ``speed`` (work per wall
+        second at the cap it ran under, ``CapPolicy.level(cap).speed``; 1 uncapped) and open a
+        new segment at ``now``. The controller calls it when the published cap changes and
+        before closing a run, so run time stays in units of the job's estimate (see
+        docs/power-caps.md)."""
+        if self.running_since is None or now <= self.running_since:
+            return self
+        done = (now - self.running_since).total_seconds() * min(1.0, max(0.0, speed))
+        return replace(self, run_seconds=min(MAX_RUN_SECONDS, self.run_seconds + done), running_since=now)
+
     @classmethod
     def from_status(cls, status: Mapping[str, Any] | None) -> "Progress":
         p = f.mapping(f.mapping(status).get("progress"))
