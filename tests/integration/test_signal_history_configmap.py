@@ -122,7 +122,8 @@ async def test_operator_records_provider_history_in_its_configmap_across_a_resta
     history, and the record of it lands in the ConfigMap of the operator's namespace; a
     restarted operator reads it back (its first ConfigMap request is a GET)."""
     api.k.resources["v1/configmaps"] = kmock_resource()
-    with FreeTierProvider(grid_start(), [300.0] * 50) as provider:
+    # its history lies in the past (rows from t0 on: a t0 of now races the operator's clock)
+    with FreeTierProvider(grid_start() - timedelta(minutes=10), [300.0] * 50) as provider:
         env = provider_env(tmp_path, kubeconfig, provider, history_namespace=NS, replan_interval="2s")
         with run_operator(tmp_path, env) as op:
             await api.create(TJ, training_job("rec", duration="10m", max_delay="1h"))
