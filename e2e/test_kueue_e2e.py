@@ -20,13 +20,16 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import numpy as np
 import pytest
 
 from e2e.cluster.controlplane import REGION_LABEL, RUN_FOR
 from greenml.kube.client import path_for
 from greenml.services import kueue as kq
-from greenml.services.board import PlannedJob
+from greenml.services.board import PlanBoard, PlannedJob
 from greenml.services.trainingjob import Defaults
+from greenml.signals.base import IntensitySeries
+from greenml.signals.series import SeriesSource
 from tests.integration.harness import wait_for
 
 KUEUE = "kueue.x-k8s.io/v1beta2"
@@ -75,6 +78,8 @@ def make_queues(kube, namespace: str, with_check: bool):
     # module), Jobs first (their Workloads go with them), so no namespace is left Terminating
     for job in kube.request("GET", path_for("batch/v1", "jobs", namespace), "list Jobs").get("items") or []:
         kube.delete_job(namespace, job["metadata"]["name"])
+    # not left to the garbage collector: it watches a new CRD's objects only from its next resync
+    kube.request("DELETE", path_for(KUEUE, "workloads", namespace), "delete Workloads")
     gone("Workloads", lambda: not kube.list_workloads(namespace))
     kube.request("DELETE", path_for(KUEUE, "localqueues", namespace, names["lq"]), "delete LocalQueue")
     for plural, name in reversed(created):
@@ -276,3 +281,55 @@ async def test_a_kueue_restart_loses_nothing(kube, kueue_namespace, checked_queu
     write_check(kube, ns, "survivor", check, planned(now() - timedelta(seconds=5), now() + timedelta(hours=1)),
                 owner, flavor)
     await wait_for("the Job completes", lambda: job_done(kube, ns, "survivor"), 60)
+
+
+def carbon_board(t0: datetime, clean_from: timedelta, capacity: int | None) -> tuple[PlanBoard, Defaults]:
+    """A board on a forecast that is dirty (400 g/kWh) from ``t0`` until ``clean_from`` later,
+    then clean (100 g/kWh), in 1-minute slots over 12 h."""
+    defaults = Defaults(zone="DE", safety_margin=timedelta(minutes=5), min_run=timedelta(minutes=1),
+                        step=timedelta(minutes=1))
+    values = np.full(12 * 60, 400.0)
+    values[int(clean_from / timedelta(minutes=1)):] = 100.0
+    series = IntensitySeries(t0, timedelta(minutes=1), values, source="e2e")
+    return PlanBoard(defaults, SeriesSource(series), horizon=timedelta(hours=12), capacity=capacity), defaults
+
+
+async def test_the_controller_step_on_real_kueue_objects(kube, kueue_namespace, checked_queues):
+    """services.kueue.evaluate on what the API server serves: the owner found by owner_of, the zone
+    from the real ResourceFlavor, the capacity from the real ClusterQueue, a real PlanBoard; the
+    written state read back unchanged (no second write), then Ready on a clean forecast."""
+    ns, queues = kueue_namespace, checked_queues
+    check = queues["check"]
+    ac = kube.get(KUEUE, "admissionchecks", None, check)
+    kube.set_admission_check_status(check, kq.admission_check_status(now(), None, ac))
+    await wait_for("ClusterQueue Active", lambda: cq_active(kube, queues["cq"]), 30)
+    ac = kube.get(KUEUE, "admissionchecks", None, check)
+    assert kq.admission_check_status(now(), None, ac) is None, "Active already: nothing to write again"
+    kube.create_job(job_manifest("stepped", ns, gpus=2, **{kq.ANN_ESTIMATED_DURATION: "10m",
+                                                           kq.ANN_MAX_DELAY: "4h"}))
+    wl = await wait_for("the check Pending", lambda: (w := workload_of(kube, ns, "stepped"))
+                        and kq.observe(w, check).check_state == kq.PENDING and w, 60)
+    api, plural, name = kq.owner_of(wl)
+    owner = kube.get(api, plural, ns, name)
+    [flavor] = kq.assigned_flavors(wl)
+    zone = kq.flavor_zone(kube.get(KUEUE, "resourceflavors", None, flavor), REGION_LABEL, {"europe-west3": "DE"})
+    capacity = kq.queue_capacity(kube.get(KUEUE, "clusterqueues", None, kq.cluster_queue_of(wl)))
+    assert (zone, capacity) == ("DE", 8)
+
+    t0 = now().replace(second=0, microsecond=0)
+    board, defaults = carbon_board(t0, timedelta(hours=1), capacity)
+    ev = kq.evaluate(wl, owner, check, board, now(), defaults, zone=zone)
+    assert ev.decision.state == kq.PENDING
+    assert abs(ev.plan.planned_start - (t0 + timedelta(hours=1))) < timedelta(minutes=1)   # the clean hour
+    assert ev.req.zone == "DE" and ev.req.gpus == 2 and ev.patch is not None
+    kube.apply_workload_check(ev.patch)
+    wl = workload_of(kube, ns, "stepped")
+    assert kq.evaluate(wl, owner, check, board, now(), defaults, zone=zone).patch is None
+    await asyncio.sleep(2)
+    assert kube.get_job(ns, "stepped")["spec"]["suspend"] is True
+
+    board, defaults = carbon_board(t0, timedelta(0), capacity)          # clean now: the window is open
+    ev = kq.evaluate(workload_of(kube, ns, "stepped"), owner, check, board, now(), defaults, zone=zone)
+    assert ev.decision.state == kq.READY
+    kube.apply_workload_check(ev.patch)
+    await wait_for("the Job completes", lambda: job_done(kube, ns, "stepped"), 60)
