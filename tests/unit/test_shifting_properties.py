@@ -11,7 +11,7 @@ from greenml.planning import shifting as sh
 from greenml.planning.shifting import JobSpec, plan, usage
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-FORCED = {sh.CAPACITY_FORCED, sh.DEADLINE_FORCED}
+FORCED = {sh.CAPACITY_FORCED, sh.DEADLINE_FORCED, sh.DEADLINE_AT_RISK}
 
 
 @st.composite
@@ -48,6 +48,12 @@ def test_shape_invariants(sc):
     plans = plan(jobs, f, step_hours=0.25, capacity_gpus=cap)
     assert [p.name for p in plans] == [j.name for j in jobs]
     for j, p in zip(jobs, plans):
+        if p.unplaceable:                                               # more GPUs than the capacity
+            assert cap is not None and j.gpus > cap and p.runs == () and p.savings_fraction == 0.0
+            continue
+        if p.at_risk and not p.runs:                                    # no room within the horizon yet
+            assert p.savings_fraction == 0.0
+            continue
         assert p.slots == j.remaining                                   # all work planned
         flat = [x for r in p.runs for x in r]
         assert flat == sorted(flat) and all(s < e for s, e in p.runs)   # sorted, merged, disjoint
@@ -55,14 +61,16 @@ def test_shape_invariants(sc):
         if j.remaining and not j.interruptible:
             assert len(p.runs) == 1                                      # never split
         if p.runs and j.earliest + j.remaining <= j.latest_end:              # feasible at all
-            assert p.runs[0][0] >= j.earliest and p.runs[-1][1] <= j.latest_end
+            assert p.runs[0][0] >= j.earliest
+            assert p.runs[-1][1] <= j.latest_end or p.at_risk              # at risk: its room is later
         if j.interruptible and p.reason not in (sh.DEADLINE_FORCED, sh.PINNED) and j.remaining - j.pinned >= 2 * j.min_run:
             # every run after the running prefix is at least min_run long
             tail = [(max(s, j.earliest + j.pinned), e) for s, e in p.runs if e > j.earliest + j.pinned]
             assert all(e - s >= j.min_run for s, e in tail[1 if j.pinned else 0:]), p.runs
         if p.reason == sh.DEADLINE_FORCED:
-            assert j.earliest + j.remaining > j.latest_end
-            assert p.runs == ((j.earliest, j.earliest + j.remaining),)
+            assert j.earliest + j.remaining > j.latest_end and p.at_risk
+            if cap is None:                                             # with one: its earliest room
+                assert p.runs == ((j.earliest, j.earliest + j.remaining),)
 
 
 @SETTINGS

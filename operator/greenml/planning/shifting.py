@@ -21,7 +21,14 @@ Ties go to the earliest placement.
 
 Capacity coupling: jobs are planned one at a time in order of urgency (least
 slack first), each taking the cheapest feasible placement on the capacity that
-is still free. This is a greedy heuristic, not a joint optimum.
+is still free. This is a greedy heuristic, not a joint optimum. When it leaves a
+job without room before its deadline, deadlines win: a repair step (see
+``_plan_capacity``) looks for a witness schedule that meets every deadline within
+the capacity, replans the carbon placement guarded by it (so no job is ever
+pushed out), and only jobs that no witness could place are flagged ``at_risk``;
+jobs needing more GPUs than the capacity are ``unplaceable`` and take none.
+``greenml.planning.capacity`` holds the checks (deadline/capacity verification,
+the demand bound that proves infeasibility, the exact MILP for small instances).
 
 Speed: per zone the forecast's prefix sums, window sums per length and the slot
 ranks are computed once and shared by all jobs, so each job costs a few O(span)
@@ -29,7 +36,7 @@ numpy calls (bench/bench_planner.py measures it).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -44,6 +51,8 @@ CAPACITY_FORCED = "CapacityForced"    # no placement fits the free capacity befo
 MAX_INTENSITY_RELAXED = "MaxIntensityRelaxed"  # not enough slots under maxIntensity
 PINNED = "Running"                    # running non-interruptible job: never stopped
 DONE = "Done"
+DEADLINE_AT_RISK = "DeadlineAtRisk"   # no schedule found that meets this deadline within capacity
+UNPLACEABLE = "Unplaceable"           # needs more GPUs than the capacity: can never run
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,9 @@ class JobPlan:
     grams: float                          # expected on the forecast
     run_now_grams: float                  # counterfactual: run from `earliest`, uninterrupted
     reason: str = PLANNED
+    # capacity verdicts (always False without a capacity limit):
+    at_risk: bool = False       # cannot meet its deadline within the capacity without breaking another's
+    unplaceable: bool = False   # needs more GPUs than the capacity: never runs (runs == ())
 
     @property
     def starts_now(self) -> bool:
@@ -359,46 +371,73 @@ class _Planner:
         table = None if full is not None else (lambda m: z.min_run_table(lo, m, thr))
         return place(z, job, bad, lo, hi, k, table)
 
-    def plan_one(self, job: JobSpec) -> JobPlan:
+    def fit(self, job: JobSpec) -> tuple[_Runs, str] | None:
+        """The job's cheapest placement within the free capacity and before its deadline,
+        with its reason; None when there is none. Running work (the pinned prefix, a
+        running non-interruptible job) always fits: it is never stopped."""
         z = self.zone(job)
         k = max(0, int(job.remaining))
         e = max(0, int(job.earliest))
         if k == 0:
-            return JobPlan(job.name, (), 0.0, 0.0, DONE)
-        run_now = ((e, e + k),)
-        rn_grams = self.grams(z, job, run_now)
+            return (), DONE
         pinned = min(k, max(0, int(job.pinned)))
         if pinned and not job.interruptible:
-            return self._done(z, job, run_now, rn_grams, PINNED)
+            return ((e, e + k),), PINNED
         prefix: _Runs = ((e, e + pinned),) if pinned else ()
         lo = e + pinned
         rest = k - pinned
         hi = min(int(job.latest_end), z.f.size)
         if lo + rest > hi:
-            # cannot finish by the deadline: run from now, uninterrupted
-            return self._done(z, job, run_now, rn_grams, DEADLINE_FORCED)
+            return None
         reason = PLANNED
         runs = self.attempt(z, job, lo, hi, rest, capacity=True, intensity=True)
         if runs is None and job.max_intensity is not None:
             runs = self.attempt(z, job, lo, hi, rest, capacity=True, intensity=False)
             reason = MAX_INTENSITY_RELAXED
         if runs is None:
-            runs = self.attempt(z, job, lo, hi, rest, capacity=False, intensity=False)
-            reason = CAPACITY_FORCED
-        assert runs is not None  # lo + rest <= hi, so an unconstrained window exists
+            return None
         runs = _merge(prefix + runs) if prefix else runs
         if reason == PLANNED and len(runs) == 1 and runs[0][0] == e:
             reason = RUN_NOW
-        return self._done(z, job, runs, rn_grams, reason)
+        return runs, reason
+
+    def forced(self, job: JobSpec) -> tuple[_Runs, str]:
+        """When nothing fits: run from now if the deadline cannot be met at all, else the
+        cheapest placement before the deadline regardless of capacity."""
+        z = self.zone(job)
+        k = max(0, int(job.remaining))
+        e = max(0, int(job.earliest))
+        pinned = min(k, max(0, int(job.pinned)))
+        lo, rest, hi = e + pinned, k - pinned, min(int(job.latest_end), z.f.size)
+        if lo + rest > hi:
+            return ((e, e + k),), DEADLINE_FORCED
+        runs = self.attempt(z, job, lo, hi, rest, capacity=False, intensity=False)
+        assert runs is not None  # lo + rest <= hi, so an unconstrained window exists
+        return (_merge(((e, lo),) + runs) if pinned else runs), CAPACITY_FORCED
+
+    def plan_one(self, job: JobSpec) -> JobPlan:
+        got = self.fit(job)
+        runs, reason = got if got is not None else self.forced(job)
+        self.take(job, runs)
+        return self.price(job, runs, reason, at_risk=reason == DEADLINE_FORCED)
 
     def grams(self, z: _Zone, job: JobSpec, runs: Sequence[tuple[int, int]]) -> float:
         return z.cost(runs) * job.power_kw * self.step_hours
 
-    def _done(self, z: _Zone, job: JobSpec, runs: _Runs, rn_grams: float, reason: str) -> JobPlan:
+    def take(self, job: JobSpec, runs: _Runs, sign: float = 1.0) -> None:
+        """Occupy (sign 1) or free (sign -1) the job's GPUs over its runs."""
         if self.free is not None and job.gpus > 0:
             for s, e in runs:
-                self.free[s:e] -= job.gpus
-        return JobPlan(job.name, runs, self.grams(z, job, runs), rn_grams, reason)
+                self.free[s:e] -= sign * job.gpus
+
+    def price(self, job: JobSpec, runs: _Runs, reason: str, **flags: bool) -> JobPlan:
+        """The plan with its grams, and the run-now grams from `earliest`."""
+        z = self.zone(job)
+        k = max(0, int(job.remaining))
+        if k == 0:
+            return JobPlan(job.name, (), 0.0, 0.0, DONE)
+        e = max(0, int(job.earliest))
+        return JobPlan(job.name, runs, self.grams(z, job, runs), self.grams(z, job, ((e, e + k),)), reason, **flags)
 
 
 def urgency_order(jobs: Sequence[JobSpec]) -> list[int]:
@@ -408,6 +447,290 @@ def urgency_order(jobs: Sequence[JobSpec]) -> list[int]:
         slack = j.latest_end - j.earliest - j.remaining
         return (0 if j.pinned else 1, slack, j.latest_end, j.name)
     return sorted(range(len(jobs)), key=key)
+
+
+def _time_infeasible(job: JobSpec) -> bool:
+    """Cannot meet its deadline even on an empty cluster (running non-interruptible work aside)."""
+    k = max(0, int(job.remaining))
+    if k == 0 or (job.pinned and not job.interruptible):
+        return False
+    return max(0, int(job.earliest)) + k > int(job.latest_end)
+
+
+def _edf_order(jobs: Sequence[JobSpec]) -> list[int]:
+    """Running jobs first, then earliest deadline, least slack, name."""
+    def key(i: int) -> tuple:
+        j = jobs[i]
+        return (0 if j.pinned else 1, j.latest_end, j.latest_end - j.earliest - j.remaining, j.name)
+    return sorted(range(len(jobs)), key=key)
+
+
+_Placed = dict[int, tuple[_Runs, str]]
+
+
+def _greedy_pass(planner: _Planner, jobs: Sequence[JobSpec], order: Sequence[int]) -> tuple[_Placed, list[int]]:
+    """Place jobs in `order`, each on what the ones before it left; a job with no room
+    before its deadline takes nothing and is returned in the second list."""
+    placed: _Placed = {}
+    failed: list[int] = []
+    for i in order:
+        got = planner.fit(jobs[i])
+        if got is None:
+            failed.append(i)
+            continue
+        planner.take(jobs[i], got[0])
+        placed[i] = got
+    return placed, failed
+
+
+# improvement passes after a repair: each job re-placed cheapest on what all others leave
+# (after the plain greedy such a pass changes nothing: each job already has its cheapest)
+IMPROVE_PASSES = 2
+IMPROVE_ALL_UP_TO = 2_000     # jobs; above it one pass (speed: 10,000 jobs plan in seconds)
+# the exact witness (a MILP, see greenml.planning.capacity) when the heuristics find none:
+# only on instances up to this many variables (job × slot choices), and for at most this long
+EXACT_MAX_VARIABLES = 50_000
+EXACT_TIME_LIMIT_S = 2.0
+
+
+def _plan_capacity(jobs: Sequence[JobSpec], zones: Mapping[str, _Zone], step_hours: float,
+                   free: np.ndarray, capacity_gpus: float,
+                   incumbent: Mapping[str, Sequence[tuple[int, int]]] | None = None) -> list[JobPlan]:
+    """Plan under a GPU capacity with deadlines as promises.
+
+    1. Jobs needing more GPUs than the capacity are unplaceable: no runs, no capacity, no
+       savings (``unplaceable``). Jobs that cannot meet their deadline even alone are late
+       whatever happens (``at_risk``).
+    2. The greedy (urgency order, cheapest placement on the free capacity), late jobs
+       first from now. When it places every other job before its deadline within the
+       capacity, that is the plan.
+    3. Else repair. A witness -- a schedule that meets deadlines within the capacity -- is
+       looked for (``_witness``: the incumbent plan first, so promises made stand, then
+       heuristics, then the exact MILP on small instances). Jobs it cannot place, and the
+       late ones, are at risk: they get the earliest room the witness leaves, past their
+       deadline (reason DeadlineAtRisk), so they take no GPUs promised to others. Then the
+       carbon placement is redone guarded by the witness: each job in urgency order gives
+       back its witness slots and takes the cheapest placement on what is free -- its own
+       witness slots are always there, so no job loses its room -- and improvement passes
+       re-place each job on what all others leave (never dearer).
+    A plan not flagged is thus always within its window and, together with the others,
+    within the capacity (``greenml.planning.capacity.verify`` checks it in the tests).
+    """
+    n = len(jobs)
+    out: list[JobPlan | None] = [None] * n
+    base_planner = _Planner(zones, step_hours, None)
+    unplaceable = [i for i, j in enumerate(jobs)
+                   if j.gpus > capacity_gpus and j.remaining > 0 and not j.pinned]
+    for i in unplaceable:
+        out[i] = JobPlan(jobs[i].name, (), 0.0, 0.0, UNPLACEABLE, unplaceable=True)
+    skip = set(unplaceable)
+    doomed = [i for i in urgency_order(jobs) if i not in skip and _time_infeasible(jobs[i])]
+    skip.update(doomed)
+    order = [i for i in urgency_order(jobs) if i not in skip]
+
+    def fresh(zs: Mapping[str, _Zone] = zones) -> _Planner:
+        return _Planner(zs, step_hours, free.copy())
+
+    horizon = free.size
+    asap = _Zone.of(np.arange(1.0, horizon + 1.0))
+
+    def place_late(p: _Planner, late: Sequence[int], reason: str) -> _Placed:
+        """Late but harming no one: the earliest room within the capacity (past the deadline);
+        () when there is none within the horizon yet."""
+        first = _Planner({z: asap for z in zones}, step_hours, p.free)
+        out: _Placed = {}
+        for i in late:
+            got = first.fit(replace(jobs[i], latest_end=horizon, max_intensity=None))
+            runs = got[0] if got is not None else ()
+            p.take(jobs[i], runs)
+            out[i] = (runs, reason)
+        return out
+
+    # 1. the greedy, late jobs first (from now, within the capacity): when every other
+    #    deadline holds, that is the plan
+    planner = fresh()
+    late_plans = place_late(planner, doomed, DEADLINE_FORCED)
+    placed, failed = _greedy_pass(planner, jobs, order)
+    if failed:
+        # 2. repair: a witness for as many deadlines as possible; late jobs get what it leaves
+        witness, failed = _witness(jobs, order, (placed, failed), zones, fresh, incumbent, asap)
+        planner = fresh()
+        for i, (runs, _) in witness.items():
+            planner.take(jobs[i], runs)
+        late_plans = place_late(planner, [i for i in urgency_order(jobs) if i in set(doomed) | set(failed)],
+                                DEADLINE_AT_RISK)
+        # 3. the carbon placement again, guarded by the witness
+        placed = {}
+        for i in order:
+            if i not in witness:
+                continue
+            planner.take(jobs[i], witness[i][0], -1.0)
+            got = planner.fit(jobs[i]) or witness[i]
+            planner.take(jobs[i], got[0])
+            placed[i] = got
+        for _ in range(IMPROVE_PASSES if len(order) <= IMPROVE_ALL_UP_TO else 1):
+            if not _improve(planner, jobs, placed):
+                break
+    for i, (runs, reason) in late_plans.items():
+        p = base_planner.price(jobs[i], runs, reason, at_risk=True)
+        out[i] = p if runs else replace(p, run_now_grams=0.0)     # no plan: no savings to claim
+    for i, (runs, reason) in placed.items():
+        out[i] = planner.price(jobs[i], runs, reason)
+    return [p for p in out if p is not None]
+
+
+def _witness(jobs: Sequence[JobSpec], order: list[int], greedy: tuple[_Placed, list[int]],
+             zones: Mapping[str, _Zone], fresh: Callable[..., _Planner],
+             incumbent: Mapping[str, Sequence[tuple[int, int]]] | None, asap: _Zone) -> tuple[_Placed, list[int]]:
+    """A schedule meeting as many deadlines as possible within the capacity (ideally all).
+
+    Tried in turn, the first that places every job wins, else the one that breaks the
+    fewest promises (jobs with an incumbent plan left out), then leaves the fewest jobs
+    (then GPU-slots) out, earlier ones on ties: the incumbent (the last
+    committed plan, still valid) with the other jobs placed greedily -- it keeps the
+    promises already made, so a newcomer that does not fit is the one at risk; the greedy
+    with its failed jobs first; as late, then as early as possible in deadline order; as
+    late as possible in urgency order; last the exact MILP on small instances. Each
+    heuristic is one greedy pass on a shared table. When the demand bound proves that
+    no schedule keeps every deadline, only the incumbent and the first of these run."""
+    horizon = next(iter(zones.values())).f.size
+    alap = _Zone.of(np.arange(float(horizon), 0.0, -1.0))
+    in_order = set(order)
+    edf = [i for i in _edf_order(jobs) if i in in_order]
+    valid = {i: _valid_incumbent(jobs[i], (incumbent or {}).get(jobs[i].name), horizon) for i in order}
+    promised = {i for i, runs in valid.items() if runs is not None}
+
+    def kept() -> tuple[_Placed, list[int]] | None:
+        if not promised:
+            return None
+        p = fresh()
+        placed: _Placed = {}
+        for i in order:
+            runs = valid[i]
+            if runs is None and jobs[i].pinned:
+                runs = p.fit(jobs[i])[0] if p.fit(jobs[i]) else None
+            if runs is not None:
+                p.take(jobs[i], runs)
+                placed[i] = (runs, PLANNED)
+        if p.free is not None and (p.free < -1e-9).any():
+            return None        # the capacity shrank under it: not a witness
+        more, failed = _greedy_pass(p, jobs, [i for i in order if i not in placed])
+        return {**placed, **more}, failed
+
+    first = set(greedy[1])
+    running = [i for i in order if jobs[i].pinned]     # placed first in every order: never stopped
+    def exact() -> tuple[_Placed, list[int]] | None:
+        """The MILP (greenml.planning.capacity.optimum) when the instance is small enough and
+        scipy is there: exact, so when it finds no schedule, none exists."""
+        from greenml.planning import capacity
+
+        p = fresh()
+        if p.free is None:
+            return None
+        sub = [jobs[i] for i in order]
+        cap = float(p.free.max(initial=0.0))
+        opt = capacity.optimum(sub, {z: zz.f for z, zz in zones.items()}, step_hours=p.step_hours,
+                               capacity_gpus=cap, reserved_gpus=cap - p.free,
+                               time_limit_s=EXACT_TIME_LIMIT_S, max_variables=EXACT_MAX_VARIABLES)
+        if not opt.runs:
+            return None
+        placed: _Placed = {}
+        for i in order:
+            runs = opt.runs.get(jobs[i].name, ())
+            if sum(e - s for s, e in runs) != max(0, int(jobs[i].remaining)):
+                return None
+            p.take(jobs[i], runs)
+            placed[i] = (runs, PLANNED)
+        return (placed, []) if not (p.free < -1e-6).any() else None
+
+    from greenml.planning import capacity
+
+    p0 = fresh()
+    cap0 = float(p0.free.max(initial=0.0)) if p0.free is not None else 0.0
+    proven = p0.free is not None and capacity.demand_bound(
+        [jobs[i] for i in order], cap0, reserved_gpus=cap0 - p0.free) is not None
+    tries: list[Callable[[], tuple[_Placed, list[int]] | None]] = [
+        kept,
+        lambda: _greedy_pass(fresh(), jobs, running + [i for i in greedy[1] if i not in running]
+                             + [i for i in order if i not in first and i not in running]),
+        lambda: _greedy_pass(fresh({z: alap for z in zones}), jobs, edf),
+        lambda: _greedy_pass(fresh({z: asap for z in zones}), jobs, edf),
+        lambda: _greedy_pass(fresh({z: alap for z in zones}), jobs, order),
+        exact,
+    ]
+    if proven:
+        # the demand bound proves that no schedule keeps every deadline: no complete witness
+        # to look for; keep the promises (incumbent), else the witness that measured best at
+        # leaving few jobs out on overloaded instances (latest placement in deadline order)
+        tries = [kept, tries[2]]
+
+    def rank(c: tuple[_Placed, list[int]]) -> tuple[int, int, int]:
+        return (sum(i in promised for i in c[1]), len(c[1]), _gpu_slots(jobs, c[1]))
+
+    best = greedy
+    for t in tries:
+        got = t()
+        if got is None:
+            continue
+        if not got[1]:
+            return got
+        if rank(got) < rank(best):
+            best = got
+    return best
+
+
+def _gpu_slots(jobs: Sequence[JobSpec], idx: Sequence[int]) -> int:
+    return sum(jobs[i].gpus * jobs[i].remaining for i in idx)
+
+
+def _valid_incumbent(job: JobSpec, runs: Sequence[tuple[int, int]] | None, horizon: int) -> _Runs | None:
+    """The job's previous plan (slots relative to now) when it is still a valid plan for it:
+    inside [earliest, latest_end), the running prefix first, one run if non-interruptible,
+    runs of >= min_run after the prefix; extra slots at the end are dropped (the job ran
+    more than planned)."""
+    if runs is None:
+        return None
+    k = max(0, int(job.remaining))
+    e = max(0, int(job.earliest))
+    rs = _merge([(max(int(s), e), int(t)) for s, t in runs])
+    out: list[tuple[int, int]] = []
+    left = k
+    for s, t in rs:
+        if left <= 0:
+            break
+        out.append((s, min(t, s + left)))
+        left -= out[-1][1] - s
+    if left or k == 0:
+        return None
+    if out[0][0] < e or out[-1][1] > min(int(job.latest_end), horizon):
+        return None
+    pinned = min(k, max(0, int(job.pinned)))
+    if pinned and (out[0][0] != e or out[0][1] < e + pinned):
+        return None
+    if not job.interruptible and len(out) != 1:
+        return None
+    m = max(1, int(job.min_run))
+    tail = [(max(s, e + pinned), t) for s, t in out if t > e + pinned]
+    if job.interruptible and any(t - s < m for s, t in tail[1 if pinned else 0:]) and k - pinned >= 2 * m:
+        return None
+    return tuple(out)
+
+
+def _improve(planner: _Planner, jobs: Sequence[JobSpec], placed: _Placed) -> bool:
+    """Re-place each job (the largest emitters first) on what all the others leave: its own
+    slots are always free to it, so no job loses its room and none gets dearer. True when
+    some placement changed."""
+    changed = False
+    for i in sorted(placed, key=lambda i: (-jobs[i].power_kw * jobs[i].remaining, jobs[i].name)):
+        runs, reason = placed[i]
+        if reason == PINNED or jobs[i].gpus <= 0:
+            continue
+        planner.take(jobs[i], runs, -1.0)
+        got = planner.fit(jobs[i]) or (runs, reason)
+        planner.take(jobs[i], got[0])
+        changed = changed or got[0] != runs
+        placed[i] = got
+    return changed
 
 
 def _zones(forecasts: Mapping[str, np.ndarray] | np.ndarray, horizon: int) -> dict[str, _Zone]:
@@ -430,18 +753,27 @@ def _zones(forecasts: Mapping[str, np.ndarray] | np.ndarray, horizon: int) -> di
 
 def plan(jobs: Sequence[JobSpec], forecasts: Mapping[str, np.ndarray] | np.ndarray, *,
          step_hours: float, capacity_gpus: float | None = None,
-         reserved_gpus: np.ndarray | None = None) -> list[JobPlan]:
+         reserved_gpus: np.ndarray | None = None,
+         incumbent: Mapping[str, Sequence[tuple[int, int]]] | None = None) -> list[JobPlan]:
     """Plan all jobs together. Returns one JobPlan per job, in the input order.
 
     ``forecasts``: gCO2e/kWh per slot from now, per zone (or one array for all jobs);
     shorter forecasts are extended with their last value up to the furthest deadline.
     ``capacity_gpus``: GPUs available per slot (None: unlimited); ``reserved_gpus``:
-    GPUs already taken per slot by work the planner does not manage.
+    GPUs already taken per slot by work the planner does not manage; ``incumbent``: the
+    last committed plan (runs per job name, slots relative to now), a witness the repair
+    tries first so that promises made stand (see ``_plan_capacity``).
+    With a capacity, each plan says whether its deadline is at risk or the job is
+    unplaceable (``JobPlan.at_risk`` / ``.unplaceable``).
     Raises PlanningInputError (a ValueError) for unusable forecasts or an unknown zone.
     """
     if not jobs:
         return []
     horizon = max(1, max(max(j.latest_end, max(0, j.earliest) + j.remaining) for j in jobs))
+    if capacity_gpus is not None:
+        # room for the late plans of jobs at risk (past every deadline all capacity is free)
+        work = [max(0, j.remaining) for j in jobs]
+        horizon += min(sum(work), horizon + max(work))
     zones = _zones(forecasts, horizon)
     free = None
     if capacity_gpus is not None:
@@ -449,6 +781,7 @@ def plan(jobs: Sequence[JobSpec], forecasts: Mapping[str, np.ndarray] | np.ndarr
         if reserved_gpus is not None:
             r = np.asarray(reserved_gpus, dtype=np.float64)[:horizon]
             free[: r.size] -= r
+        return _plan_capacity(jobs, zones, step_hours, free, float(capacity_gpus), incumbent)
     planner = _Planner(zones, step_hours, free)
     out: list[JobPlan | None] = [None] * len(jobs)
     for i in urgency_order(jobs):

@@ -41,6 +41,10 @@ class PlannedJob:
     computed_at: datetime
     link: str = "provider"                              # which fallback-chain link served the forecast
     fallback: tuple[tuple[str, str], ...] = ()          # (link, reason) of each link that failed before it
+    # capacity verdicts from the planner (shifting.JobPlan): controllers turn them into the
+    # DeadlineAtRisk / Unplaceable conditions and Events
+    at_risk: bool = False        # no schedule found that meets this deadline within the capacity
+    unplaceable: bool = False    # more GPUs than the capacity: never started, no savings
     #: carbon-aware power caps (planning.power): the cap per GPU of each window, aligned with
     #: ``windows`` (None: uncapped); () when the plan sets none
     caps: tuple[float | None, ...] = ()
@@ -251,8 +255,10 @@ class PlanBoard:
                     plans[key] = self._plans[key]
                 else:
                     todo.append((key, j))
+            # the plans in force are the witness the capacity repair keeps first: promises stand
+            incumbent = incumbent_slots(self._plans, todo, now, step) if capacity is not None else None
             fresh = shifting.plan([j for _, j in todo], forecasts, step_hours=step_s / 3600.0,
-                                  capacity_gpus=capacity) if todo else []
+                                  capacity_gpus=capacity, incumbent=incumbent) if todo else []
             # carbon-aware power caps: windows and a cap per window, on the capacity left (planning.power)
             fresh, caps = power.refine([j for _, j in todo], fresh, forecasts, step_hours=step_s / 3600.0,
                                        capacity_gpus=capacity, levels=cap_levels(self._entries, todo))
@@ -263,7 +269,7 @@ class PlanBoard:
                 windows = tuple((now + step * a, now + step * b) for a, b in p.runs)
                 sig = self.signals[entry.req.zone]
                 plans[key] = PlannedJob(windows, p.grams, p.run_now_grams, p.reason, s.source, s.estimate, now,
-                                        sig.link, sig.fallback)
+                                        sig.link, sig.fallback, p.at_risk, p.unplaceable)
                 if key in caps_of:
                     plans[key] = replace(plans[key], caps=caps_of[key])
                 self._basis[key] = _Basis(entry, _deadline_slots(entry.req, now, self.defaults) > max_slots)
@@ -321,7 +327,8 @@ class PlanBoard:
             windows = tuple((then + step * a, then + step * b) for a, b in p.runs)
             self._plans[key] = PlannedJob(windows, p.grams, p.run_now_grams, p.reason,
                                           sig.source if sig else "unknown", self._estimate.get(entry.req.zone, False),
-                                          now, sig.link if sig else "provider", sig.fallback if sig else ())
+                                          now, sig.link if sig else "provider", sig.fallback if sig else (),
+                                          p.at_risk, p.unplaceable)
         self.stats.fill_ins += 1
         return True
 
@@ -364,6 +371,30 @@ def cap_levels(entries: Mapping[Key, Entry], todo: list[tuple[Key, shifting.JobS
         cap = entries[key].req.cap if key in entries else None
         if cap is not None and cap.mode == "carbonAware":
             out[j.name] = cap.levels()
+    return out
+
+
+def incumbent_slots(plans: Mapping[Key, PlannedJob], todo: list[tuple[Key, shifting.JobSpec]],
+                    origin: datetime, step: timedelta) -> dict[str, tuple[tuple[int, int], ...]]:
+    """The plans in force as slot runs from ``origin`` (what is past is cut), by JobSpec name;
+    plans off the grid are left out (the planner then places those jobs afresh)."""
+    out: dict[str, tuple[tuple[int, int], ...]] = {}
+    step_s = step.total_seconds()
+    for key, spec in todo:
+        p = plans.get(key)
+        if p is None or not p.windows or p.unplaceable:
+            continue
+        runs = []
+        for ws, we in p.windows:
+            a, b = (ws - origin).total_seconds() / step_s, (we - origin).total_seconds() / step_s
+            if b <= 0:
+                continue
+            if abs(a - round(a)) > 1e-6 or abs(b - round(b)) > 1e-6:
+                runs = []
+                break
+            runs.append((max(0, round(a)), round(b)))
+        if runs:
+            out[spec.name] = tuple(runs)
     return out
 
 
