@@ -21,6 +21,10 @@ from greenml.sim.jobs import JobResult, SimInputError
 from greenml.timeutil import parse_duration
 
 STEPS = ("5m", "15m", "30m", "1h")
+# `greenml simulate shifting` exit codes: 0 every deadline met (or missed only where no
+# schedule could meet it: the exact offline check says infeasible, or the job is
+# unplaceable); 2 bad input; 3 a deadline was missed that could have been met
+EXIT_AVOIDABLE_MISS = 3
 FORECASTERS = ("builtin", "perfect")
 
 
@@ -70,6 +74,9 @@ def _register_shifting(s: argparse._SubParsersAction) -> None:
     p.add_argument("--min-run", default="30m", help="minRunDuration of interruptible jobs (default: %(default)s)")
     p.add_argument("--lwa-quirks", action="store_true", help="policy lwa: reproduce the original code's quirks")
     p.add_argument("--output", required=True, type=Path, help="RESULT.json")
+    p.epilog = ("exit status: 0 when every deadline is met, or missed only where no schedule could meet it (jobs "
+                "with more GPUs than --capacity-gpus are unplaceable: reported, never counted as savings); 2 bad "
+                "input; 3 a deadline was missed that could have been met (RESULT.json is written either way)")
     p.set_defaults(func=run_shifting)
 
 
@@ -121,8 +128,16 @@ def run_shifting(args: argparse.Namespace) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(payload, indent=2) + "\n")
     s = payload["summary"]
+    extra = f"; unplaceable {s['unplaceable']} (not counted)" if s["unplaceable"] else ""
     print(f"\r{s['jobs']} jobs, policy {s['policy']}, forecast {s['forecast']}: {s['savings_percent']:.2f}% below "
-          f"run-now; deadlines met {s['deadlines_met']}/{s['jobs']}; peak GPUs {s['peak_gpus']}; wrote {args.output}")
+          f"run-now (completed jobs); deadlines met {s['deadlines_met']}/{s['jobs']}{extra}; peak GPUs {s['peak_gpus']}; "
+          f"wrote {args.output}")
+    for note in s["notes"]:
+        print(f"note: {note}")
+    if s["avoidable_misses"]:
+        print(f"greenml simulate: deadline missed that could have been met ({s['feasibility']} offline): "
+              f"{', '.join(s['avoidable_misses'])}", file=sys.stderr)
+        return EXIT_AVOIDABLE_MISS
     return 0
 
 
@@ -223,7 +238,8 @@ TABLE_HEADER = ("workload", "kind", "plan (UTC)", "grams", "run-now g", "savings
 def job_rows(results: Sequence[JobResult]) -> list[list[str]]:
     rows = [[r.name, "TrainingJob", plan_text(r), f"{r.grams:,.0f}", f"{r.run_now_grams:,.0f}",
              f"{100 * r.savings_fraction:.1f}%", "yes" if r.deadline_met else "NO", "—"] for r in results]
-    g, rn = sum(r.grams for r in results), sum(r.run_now_grams for r in results)
+    done = [r for r in results if r.completed]      # work never done is no saving
+    g, rn = sum(r.grams for r in done), sum(r.run_now_grams for r in done)
     rows.append(["all TrainingJobs", "", "", f"{g:,.0f}", f"{rn:,.0f}", f"{100 * (rn - g) / rn if rn else 0:.1f}%",
                  f"{sum(r.deadline_met for r in results)}/{len(results)}", ""])
     return rows

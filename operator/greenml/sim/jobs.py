@@ -67,6 +67,7 @@ class JobResult:
     reason: str = ""             # last decision reason (greenml) or policy note
     gpus: int = 0
     watts: float = 0.0           # total draw while running
+    unplaceable: bool = False    # more GPUs than the capacity: never runs, never counted as savings
 
     @property
     def kwh(self) -> float:
@@ -74,13 +75,17 @@ class JobResult:
 
     @property
     def savings_fraction(self) -> float:
-        return (self.run_now_grams - self.grams) / self.run_now_grams if self.run_now_grams > 0 else 0.0
+        """Below running at submit; 0 for a job that did not complete (work never done is no saving)."""
+        if not self.completed or self.run_now_grams <= 0:
+            return 0.0
+        return (self.run_now_grams - self.grams) / self.run_now_grams
 
     def to_json(self) -> dict:
         return {"name": self.name, "runs": [[format_time_precise(s), format_time_precise(e)] for s, e in self.runs],
                 "grams": round(self.grams, 3), "run_now_grams": round(self.run_now_grams, 3),
                 "deadline_met": self.deadline_met, "completed": self.completed, "reason": self.reason,
-                "gpus": self.gpus, "watts": round(self.watts, 3), "kwh": round(self.kwh, 6)}
+                "gpus": self.gpus, "watts": round(self.watts, 3), "kwh": round(self.kwh, 6),
+                "unplaceable": self.unplaceable}
 
 
 def format_time_precise(dt: datetime) -> str:

@@ -18,7 +18,14 @@ this job run now?":
 - ``lwa``: Let's Wait Awhile (Wiesner et al., Middleware '21): at submit, the best window
   (non-interruptible) or the cheapest slots (interruptible) on the forecast; with
   ``lwa_quirks`` its two quirks (baseline may start one slot late; end one slot late).
-- ``oracle``: perfect foresight — the planner on the actual series, all jobs at once.
+- ``oracle``: perfect foresight — the planner on the actual series, all jobs at once; under
+  a capacity the exact capacity-constrained optimum (a MILP, HiGHS via scipy), or a stated
+  bound (see ``oracle_controller``).
+
+Jobs needing more GPUs than the capacity are ``unplaceable``: reported, never run, never
+counted as savings (savings are over the jobs that completed). ``SimResult.feasibility``
+says whether every placeable deadline could have been met (the exact check, run when a
+deadline was missed); ``avoidable_misses`` lists the misses that could have been avoided.
 
 Emissions are always accounted on the actual series (``jobs.Accountant``).
 """
@@ -111,19 +118,34 @@ class SimResult:
     end: datetime
     intensity: IntensitySeries
     notes: list[str] = field(default_factory=list)
+    feasibility: str = "feasible"   # could every placeable job meet its deadline? feasible | infeasible | unknown
+
+    @property
+    def avoidable_misses(self) -> list[str]:
+        """Placeable jobs that missed their deadline although every deadline could have been
+        met (``feasibility`` not "infeasible": unknown counts as could-have-been-met)."""
+        if self.feasibility == "infeasible":
+            return []
+        return [j.name for j in self.jobs if not j.deadline_met and not j.unplaceable]
 
     def summary(self) -> dict:
-        g = sum(j.grams for j in self.jobs)
-        rn = sum(j.run_now_grams for j in self.jobs)
+        # savings over the jobs that completed: work never done is no saving (issue 14)
+        done = [j for j in self.jobs if j.completed]
+        g = sum(j.grams for j in done)
+        rn = sum(j.run_now_grams for j in done)
         return {
             "policy": self.policy.name, "forecast": self.policy.forecast_label,
             "step_minutes": self.policy.step.total_seconds() / 60, "capacity_gpus": self.policy.capacity_gpus,
-            "jobs": len(self.jobs), "completed": sum(j.completed for j in self.jobs),
+            "jobs": len(self.jobs), "completed": len(done),
             "deadlines_met": sum(j.deadline_met for j in self.jobs),
             "grams": round(g, 3), "run_now_grams": round(rn, 3),
             "savings_percent": round(100.0 * (rn - g) / rn, 3) if rn > 0 else 0.0,
             "peak_gpus": self.peak_gpus, "wall_seconds": round(self.wall_seconds, 3),
             "start": format_time(self.start), "end": format_time(self.end), "notes": self.notes,
+            "unplaceable": sum(j.unplaceable for j in self.jobs),
+            "grams_incomplete": round(sum(j.grams for j in self.jobs if not j.completed), 3),
+            "feasibility": self.feasibility,
+            "avoidable_misses": self.avoidable_misses,
         }
 
     def to_json(self) -> dict:
@@ -179,6 +201,7 @@ class PlannedController:
     def __init__(self, planner_fn: Callable[[JobState, datetime], tuple[tuple[datetime, datetime], ...]], why: str) -> None:
         self.plan_fn = planner_fn
         self.why = why
+        self.notes: list[str] = []
         self.plans: dict[int, tuple[tuple[datetime, datetime], ...]] = {}
 
     def wants(self, active: Sequence[JobState], now: datetime) -> dict[int, tuple[bool, str]]:
@@ -246,9 +269,8 @@ def forecast_window_controller(policy: SimPolicy, forecaster: Forecaster, *, lwa
     return PlannedController(plan_fn, "LWA" if lwa else "BestWindow")
 
 
-def oracle_controller(policy: SimPolicy, jobs: Sequence[JobState], actual: IntensitySeries,
-                      t0: datetime) -> PlannedController:
-    """Perfect foresight, all jobs planned at once on the actual series (interruptible: no min run)."""
+def _offline_specs(policy: SimPolicy, jobs: Sequence[JobState], t0: datetime) -> list[planner.JobSpec]:
+    """All jobs on the slot grid from t0 (interruptible: no min run), as an offline planner sees them."""
     step = policy.step
     specs = []
     for st in jobs:
@@ -257,11 +279,76 @@ def oracle_controller(policy: SimPolicy, jobs: Sequence[JobState], actual: Inten
         specs.append(planner.JobSpec(st.job.name, remaining=k, earliest=e,
                                      latest_end=int((st.job.deadline - t0) // step), gpus=st.job.gpus,
                                      power_kw=st.job.power_kw, interruptible=st.job.interruptible))
+    return specs
+
+
+# the oracle's MILP under a capacity: at most this long, and this many variables
+ORACLE_TIME_LIMIT_S = 60.0
+ORACLE_MAX_VARIABLES = 200_000
+
+
+def oracle_controller(policy: SimPolicy, jobs: Sequence[JobState], actual: IntensitySeries,
+                      t0: datetime) -> PlannedController:
+    """Perfect foresight, all jobs planned at once on the actual series (interruptible: no min run).
+
+    Without a capacity jobs do not interact and the planner's per-job placement is exact.
+    Under a capacity the oracle is the exact capacity-constrained optimum: a MILP
+    (``planning.capacity.optimum``, HiGHS) when scipy is installed and the instance is small
+    enough; past the time limit, the best schedule found with the solver's lower bound; else
+    (or when no schedule keeps every deadline) the planner's greedy + repair, said in notes."""
+    step = policy.step
+    specs = _offline_specs(policy, jobs, t0)
     horizon = max(max(s.latest_end, s.earliest + s.remaining) for s in specs)
     f = actual.resample(t0, step, horizon)
-    plans = planner.plan(specs, f, step_hours=step.total_seconds() / 3600.0, capacity_gpus=policy.capacity_gpus)
-    by_name = {p.name: tuple((t0 + step * a, t0 + step * b) for a, b in p.runs) for p in plans}
-    return PlannedController(lambda st, now: by_name[st.job.name], "Oracle")
+    step_h = step.total_seconds() / 3600.0
+    notes: list[str] = []
+    runs: dict[str, tuple[tuple[int, int], ...]] | None = None
+    if policy.capacity_gpus is not None:
+        from greenml.planning import capacity
+
+        placeable = [s for s in specs if s.gpus <= policy.capacity_gpus]
+        opt = capacity.optimum(placeable, f, step_hours=step_h, capacity_gpus=policy.capacity_gpus,
+                               time_limit_s=ORACLE_TIME_LIMIT_S, max_variables=ORACLE_MAX_VARIABLES)
+        if opt.status == "optimal":
+            runs = dict(opt.runs)
+            notes.append(f"oracle under capacity: the exact MILP optimum (HiGHS, {opt.variables} variables, "
+                         f"{opt.seconds:.1f} s)")
+        elif opt.status == "time_limit" and opt.runs:
+            runs = dict(opt.runs)
+            notes.append(f"oracle under capacity: the MILP's best schedule after {opt.seconds:.0f} s, within "
+                         f"{100 * opt.gap:.2f} % of the optimum (lower bound {opt.bound:.1f} g on the slot grid)")
+        elif opt.status == "infeasible":
+            notes.append("oracle under capacity: no schedule meets every deadline (exact MILP); "
+                         "the planner's greedy + repair instead")
+        else:
+            notes.append(f"oracle under capacity: greedy + repair, not the exact optimum ({opt.status}: {opt.message})")
+    if runs is None:
+        plans = planner.plan(specs, f, step_hours=step_h, capacity_gpus=policy.capacity_gpus)
+        runs = {p.name: p.runs for p in plans}
+    by_name = {s.name: tuple((t0 + step * a, t0 + step * b) for a, b in runs.get(s.name, ())) for s in specs}
+    ctl = PlannedController(lambda st, now: by_name[st.job.name], "Oracle")
+    ctl.notes.extend(notes)
+    return ctl
+
+
+def offline_feasibility(policy: SimPolicy, jobs: Sequence[JobState], t0: datetime) -> str:
+    """Could every placeable job have met its deadline? Without a capacity yes (inputs are
+    checked: each job fits its own window). Under one: the exact MILP on the slot grid
+    (feasible | infeasible), the demand bound's proof (infeasible), else unknown."""
+    if policy.capacity_gpus is None:
+        return "feasible"
+    from greenml.planning import capacity
+
+    specs = [s for s in _offline_specs(policy, jobs, t0) if s.gpus <= policy.capacity_gpus]
+    if not specs:
+        return "feasible"
+    if capacity.demand_bound(specs, policy.capacity_gpus) is not None:
+        return "infeasible"
+    # feasibility only: every cost 0, so the solver stops at the first schedule it finds
+    horizon = max(max(s.latest_end, s.earliest + s.remaining) for s in specs)
+    opt = capacity.optimum(specs, np.zeros(horizon), step_hours=1.0, capacity_gpus=policy.capacity_gpus,
+                           time_limit_s=ORACLE_TIME_LIMIT_S, max_variables=ORACLE_MAX_VARIABLES)
+    return {"optimal": "feasible", "infeasible": "infeasible"}.get(opt.status, "feasible" if opt.runs else "unknown")
 
 
 class RunNowController:
@@ -367,7 +454,15 @@ def simulate(jobs: Sequence[SimJob], actual: IntensitySeries, forecaster: Foreca
         if st.running:
             st.runs.append((st.run_start, t))
             st.done_seconds += (t - st.run_start).total_seconds()
-    return SimResult(policy, _results(states, actual, policy), peak, time.perf_counter() - wall0, t0, t, actual)
+    results = _results(states, actual, policy)
+    missed = any(not r.deadline_met and not r.unplaceable for r in results)
+    feasibility = offline_feasibility(policy, states, t0) if missed else "feasible"
+    notes = list(getattr(ctl, "notes", ()))
+    unplaceable = [r.name for r in results if r.unplaceable]
+    if unplaceable:
+        notes.append(f"unplaceable (more GPUs than the capacity of {policy.capacity_gpus}; never run, "
+                     f"not counted as savings): {', '.join(unplaceable)}")
+    return SimResult(policy, results, peak, time.perf_counter() - wall0, t0, t, actual, notes, feasibility)
 
 
 def _results(states: Sequence[JobState], actual: IntensitySeries, policy: SimPolicy) -> list[JobResult]:
@@ -382,8 +477,9 @@ def _results(states: Sequence[JobState], actual: IntensitySeries, policy: SimPol
         worked = sum((e - s).total_seconds() for s, e in runs)
         completed = worked >= j.duration.total_seconds() - 1e-6
         met = completed and all(s >= j.submit - EPS and e <= j.deadline + EPS for s, e in runs)
-        out.append(JobResult(j.name, runs, acc.grams(j.power_kw, runs), run_now, met, completed, st.reason,
-                             j.gpus, j.watts))
+        unplaceable = policy.capacity_gpus is not None and j.gpus > policy.capacity_gpus
+        out.append(JobResult(j.name, runs, acc.grams(j.power_kw, runs), run_now, met, completed,
+                             "Unplaceable" if unplaceable else st.reason, j.gpus, j.watts, unplaceable))
     return out
 
 
