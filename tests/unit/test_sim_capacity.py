@@ -103,19 +103,6 @@ def test_the_oracle_under_capacity_is_the_milp_optimum():
     assert sum(j.grams for j in greenml.jobs) >= opt.grams - 1e-6     # the optimum is a lower bound
 
 
-def issue_jobs(seed: int, start: datetime) -> list[SimJob]:
-    """The issue's workload: 200 jobs over 28 days, 1-8 GPUs, 1-12 h, slack 2-24 h, half interruptible."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(200):
-        sub = start + timedelta(hours=int(rng.integers(0, 27 * 24)))
-        dur = timedelta(hours=int(rng.integers(1, 13)))
-        slack = timedelta(hours=int(rng.integers(2, 25)))
-        out.append(SimJob(f"j{i:03d}", sub, dur, sub + dur + slack, gpus=int(rng.integers(1, 9)),
-                          interruptible=bool(rng.random() < 0.5)))
-    return out
-
-
 @pytest.mark.data
 @pytest.mark.skipif(not (DATA / "electricitymaps_DE_hourly_2021-2024.csv").is_file(), reason="needs ../shared/data")
 @pytest.mark.parametrize("seed", [0, 1])
@@ -127,8 +114,55 @@ def test_issue_24_gpu_limit_no_deadline_missed(seed):
 
     actual = load_intensity_csv(DATA / "electricitymaps_DE_hourly_2021-2024.csv")
     start = datetime(2023, 3, 1, tzinfo=timezone.utc) + timedelta(days=30 * seed)
+    from bench.bench_capacity import issue_jobs
+
     jobs = issue_jobs(seed, start)
     r = simulate(jobs, actual, forecasts.perfect(actual),
                  SimPolicy(name="greenml", step=timedelta(hours=1), capacity_gpus=24))
     assert [j.name for j in r.jobs if not j.deadline_met] == []
     assert r.peak_gpus <= 24 and r.summary()["avoidable_misses"] == []
+
+
+def test_the_plan_board_carries_the_verdicts_and_keeps_its_promises():
+    """PlanBoard (the operator's planner) under a 2-GPU capacity: the job asked for with 4
+    GPUs is unplaceable; of two 2-GPU jobs with room for one, the one planned first keeps
+    its plan when the other arrives (whose name sorts first: only the incumbent decides),
+    and the newcomer is at risk."""
+    from greenml.services.board import PlanBoard
+    from greenml.services.trainingjob import Progress
+    from greenml.signals.series import SeriesSource
+    from greenml.sim.shifting import to_requirements
+
+    actual = series(np.full(96, 100.0))
+    policy = SimPolicy(step=timedelta(hours=1), capacity_gpus=2)
+    board = PlanBoard(policy.defaults(), SeriesSource(actual), replan_interval=policy.step, capacity=2)
+    now = T0 + timedelta(hours=1)
+    first = to_requirements(SimJob("first", now, timedelta(hours=2), now + timedelta(hours=2), gpus=2), policy)
+    big = to_requirements(SimJob("big", now, timedelta(hours=1), now + timedelta(hours=5), gpus=4), policy)
+    board.observe(first, Progress(), running=False)
+    board.observe(big, Progress(), running=False)
+    p_first, _ = board.plan_for(first.key, now)
+    p_big, _ = board.plan_for(big.key, now)
+    assert not p_first.at_risk and p_first.windows == ((now, now + timedelta(hours=2)),)
+    assert p_big.unplaceable and p_big.windows == () and p_big.savings_percent == 0.0
+    second = to_requirements(SimJob("a-newcomer", now, timedelta(hours=2), now + timedelta(hours=2), gpus=2), policy)
+    board.observe(second, Progress(), running=False)
+    board.replan(now)
+    p_first, _ = board.plan_for(first.key, now)
+    p_second, _ = board.plan_for(second.key, now)
+    assert not p_first.at_risk and p_first.windows == ((now, now + timedelta(hours=2)),)
+    assert p_second.at_risk and p_second.reason == "DeadlineAtRisk"
+    assert p_second.windows[0][0] >= now + timedelta(hours=2)          # after `first`: on no one's GPUs
+
+
+def test_the_capacity_bench_runs_and_writes_its_tables(tmp_path, monkeypatch):
+    """Benchmarks are not tests: this only checks bench/bench_capacity.py runs (tiny sizes)."""
+    from bench import _common, bench_capacity
+
+    payload = {"speed": bench_capacity.speed(60, 1, (4, 40), 1),
+               "quality": bench_capacity.quality(1, (24,), time_limit_s=5.0), "issue": []}
+    assert {r["over_capacity_slots"] for r in payload["speed"]} == {0}
+    monkeypatch.setattr(_common, "RESULTS", tmp_path)
+    _common.write_result("capacity", payload, bench_capacity.markdown({**payload, "machine": _common.machine()}))
+    assert "emissions / optimum" in (tmp_path / "capacity.md").read_text()
+    assert json.loads((tmp_path / "capacity.json").read_text())["benchmark"] == "capacity"
