@@ -25,7 +25,6 @@ import yaml
 from e2e.kueue_fixture import kueue, kueue_namespace  # noqa: F401  (fixtures: Kueue, started only on request)
 
 REPO = Path(__file__).resolve().parents[1]
-PEERING_CRDS = REPO / "charts" / "greenml-operator" / "templates" / "crds" / "kopf-peering.yaml"
 E2E_DIR = Path(__file__).resolve().parent
 _CONTROL_PLANE = None        # the local plane, when this session started one
 
@@ -117,42 +116,12 @@ def crds(kube):
     return install_crds(kube, [yaml.safe_load(f.read_text()) for f in sorted((REPO / "crds").glob("*.yaml"))])
 
 
-@pytest.fixture(scope="session")
-def peering_crds(kube):
-    """kopf's peering CRDs (ClusterKopfPeering, KopfPeering) exactly as the chart ships them
-    (its Helm template lines dropped), installed and Established."""
-    plain = "\n".join(line for line in PEERING_CRDS.read_text().splitlines() if "{{" not in line)
-    return install_crds(kube, [d for d in yaml.safe_load_all(plain) if d])
-
-
-def release_finalizers(kube, namespace: str) -> None:
-    """Drop the finalizers greenml objects still carry: the operator that would remove them
-    has stopped with its test, and they would hold the namespace in Terminating forever."""
-    from greenml.kube.client import path_for
-
-    for plural in ("trainingjobs", "inferencebudgets"):
-        try:
-            items = kube.request("GET", path_for("greenml.io/v1alpha1", plural, namespace), f"list {plural}").get("items") or []
-        except Exception:
-            continue
-        for obj in items:
-            if not obj["metadata"].get("finalizers"):
-                continue
-            try:
-                kube.request("PATCH", path_for("greenml.io/v1alpha1", plural, namespace, obj["metadata"]["name"]),
-                             "drop finalizers", body={"metadata": {"finalizers": None}},
-                             content_type="application/merge-patch+json")
-            except Exception:
-                pass
-
-
 @pytest.fixture
 def namespace(kube, crds):
     name = f"greenml-e2e-{uuid.uuid4().hex[:6]}"
     kube.request("POST", "/api/v1/namespaces", "create namespace", body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
     yield name
     try:
-        release_finalizers(kube, name)
         kube.request("DELETE", f"/api/v1/namespaces/{name}", "delete namespace")
     except Exception:
         pass

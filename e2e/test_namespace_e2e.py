@@ -4,12 +4,11 @@ What kmock cannot show: the namespace controller (kube-controller-manager) delet
 object of a Terminating namespace and waiting for their finalizers, and pods that really
 run (kwok) while the operator is killed and comes back.
 
-The namespace deletion with the operator gone *records today's behaviour*: kopf's timers
-put ``greenml.io/finalizer`` on every TrainingJob and InferenceBudget, so with the operator
-uninstalled or down a namespace holding them stays Terminating until the operator comes
-back (or someone strips the finalizers by hand, docs/install.md). The planning-loop
-redesign (issue 13) removes the finalizer; this test then changes to assert the namespace
-goes.
+The operator puts no finalizer on its objects (kopf only watches; the planning loop does the
+time-driven work; the Job goes with its TrainingJob through its ownerReference). So a
+namespace holding TrainingJobs and InferenceBudgets goes at once — with the operator
+running (cluster-wide or namespaced), stopped, or uninstalled — and objects that an earlier
+version left with ``greenml.io/finalizer`` lose it when the operator first sees them.
 """
 from __future__ import annotations
 
@@ -24,7 +23,6 @@ import pytest
 from e2e.cluster.controlplane import RUN_FOR
 from e2e.test_inferencebudget_e2e import IB, budget
 from e2e.test_reliability_e2e import FAR_WINDOW, FINALIZER, JOBS, env_for, jobs_of, planned, status
-from e2e.conftest import release_finalizers
 from e2e.test_trainingjob_e2e import TJ, create, tj
 from greenml.kube.client import path_for
 from greenml.timeutil import parse_time
@@ -88,16 +86,9 @@ async def populate(kube, ns: str, op) -> None:
 @pytest.mark.timeout(200)
 @pytest.mark.parametrize("scope", ["cluster-wide", "namespaced"])
 def test_namespace_deletion_with_the_operator_running(kube, crds, tmp_path, scope):
-    """Cluster-wide (the chart's default) the operator sees its objects' deletion, runs its
-    delete handlers and releases its finalizers: the namespace goes.
-
-    Namespaced (``--namespace`` / GREENML_NAMESPACE / the chart's operator.watchNamespace) it
-    does not, today: kopf stops its watch streams in a namespace as soon as the namespace is
-    marked for deletion and carries only False conditions — which the namespace controller
-    writes first, before ``NamespaceContentRemaining`` — so the MODIFIED events with the
-    objects' deletionTimestamp never arrive, the timers tick on stale bodies and the
-    finalizers stay (kopf 1.45; nolar/kopf#1088, whose fix #1225 still has this window).
-    Recorded here as found; the planning-loop redesign (issue 13) drops the finalizer."""
+    """The namespace goes, cluster-wide and namespaced alike: nothing of greenml holds it.
+    (With kopf's timers the namespaced operator left its finalizer on objects of a
+    Terminating namespace for good — kopf stops watching such a namespace, nolar/kopf#1088.)"""
     ns = new_namespace(kube)
     env = env_for(tmp_path, ns, FAR_WINDOW)
     if scope == "cluster-wide":
@@ -106,62 +97,64 @@ def test_namespace_deletion_with_the_operator_running(kube, crds, tmp_path, scop
     async def scenario():
         with run_operator(tmp_path, env) as op:
             await populate(kube, ns, op)
+            assert_no_finalizers(kube, ns)
             kube.request("DELETE", f"/api/v1/namespaces/{ns}", "delete namespace")
-            if scope == "cluster-wide":
-                took = await wait_gone(kube, ns, op, 120)
-                print(f"namespace deleted in {took:.1f} s with the operator running")
-                return
-            await wait_for("the namespace controller to report greenml's finalizer as remaining",
-                           finalizer_remaining(kube, ns), op=op, timeout=90, interval=1)
-            await asyncio.sleep(10)
-            assert namespace_state(kube, ns) is not None, "the namespaced operator now releases its finalizers: " \
-                "kopf fixed the namespace-termination window; make this case expect the namespace to go"
-        # the operator stopped: release by hand, as docs/install.md tells users
-        release_finalizers(kube, ns)
-        await wait_gone(kube, ns, None, 60)
+            took = await wait_gone(kube, ns, op, 120)
+            print(f"namespace deleted in {took:.1f} s with the operator running ({scope})")
+            assert op.alive()
 
     asyncio.run(scenario())
 
 
-def finalizer_remaining(kube, ns: str):
-    def check():
-        obj = namespace_state(kube, ns) or {}
-        conds = {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
-        rem = conds.get("NamespaceFinalizersRemaining") or {}
-        return obj if rem.get("status") == "True" and FINALIZER in rem.get("message", "") else None
-    return check
+def assert_no_finalizers(kube, ns: str) -> None:
+    for api, name in ((TJ, "llm"), (IB, "chat-budget")):
+        fins = kube.get(*api, ns, name)["metadata"].get("finalizers") or []
+        assert not fins, (name, fins)
 
 
 @pytest.mark.timeout(240)
-def test_namespace_deletion_with_the_operator_gone_waits_for_its_finalizer(kube, crds, tmp_path):
-    """Today's behaviour, recorded (see the module docstring): Terminating until the
-    operator is back."""
+def test_namespace_deletion_with_the_operator_gone_completes_at_once(kube, crds, tmp_path):
+    """Operator stopped (or uninstalled): deleting the namespace completes by itself —
+    TrainingJob, its Job, the InferenceBudget and its Deployment all go."""
     ns = new_namespace(kube)
     env = env_for(tmp_path, ns, FAR_WINDOW)
 
     async def scenario():
         with run_operator(tmp_path, env) as op:
             await populate(kube, ns, op)
-            for api, name in ((TJ, "llm"), (IB, "chat-budget")):
-                assert FINALIZER in (kube.get(*api, ns, name)["metadata"].get("finalizers") or [])
+            assert_no_finalizers(kube, ns)
         assert not op.alive()
-
         kube.request("DELETE", f"/api/v1/namespaces/{ns}", "delete namespace")
+        took = await wait_gone(kube, ns, None, 120)
+        print(f"namespace deleted in {took:.1f} s with the operator stopped")
 
-        obj = await wait_for("the namespace controller to report greenml's finalizer as remaining",
-                             finalizer_remaining(kube, ns), timeout=90, interval=1)
-        assert obj["status"]["phase"] == "Terminating"
-        # the rest of the namespace went: the Deployment and the Job are not held by anything
-        await wait_for("the Deployment to go", lambda: kube.get("apps/v1", "deployments", ns, "chat") is None,
-                       timeout=60, interval=1)
-        assert kube.get(*TJ, ns, "llm")["metadata"]["deletionTimestamp"]
-        assert kube.get(*IB, ns, "chat-budget")["metadata"]["deletionTimestamp"]
+    asyncio.run(scenario())
 
-        # the operator comes back (cluster-wide: a namespaced one would not see the deletion,
-        # see above): its delete handlers run, the finalizers go, so does the namespace
-        env.pop("GREENML_NAMESPACE", None)
+
+@pytest.mark.timeout(240)
+def test_the_finalizer_an_earlier_version_left_is_removed(kube, namespace, tmp_path):
+    """Objects written by the version with kopf timers still carry ``greenml.io/finalizer``:
+    the operator drops it when it first sees them (and goes on reconciling them); deleting one
+    afterwards completes with the operator stopped."""
+    legacy = tj("old", namespace, maxDelay="9m")
+    legacy["metadata"]["finalizers"] = [FINALIZER]
+    create(kube, legacy)
+    chat_deployment(kube, namespace)
+    ib = budget(namespace)
+    ib["metadata"]["finalizers"] = [FINALIZER]
+    kube.request("POST", path_for(*IB, namespace), "create InferenceBudget", body=ib)
+    env = env_for(tmp_path, namespace, FAR_WINDOW)
+
+    async def scenario():
         with run_operator(tmp_path, env) as op:
-            await wait_gone(kube, ns, op, 120)
+            for api, name in ((TJ, "old"), (IB, "chat-budget")):
+                await wait_for(f"the legacy finalizer of {name} removed",
+                               lambda api=api, name=name: not (kube.get(*api, namespace, name)["metadata"]
+                                                               .get("finalizers")), op=op, timeout=30)
+            await wait_for("a plan", planned(kube, namespace, "old"), op=op, timeout=60)
+        kube.request("DELETE", path_for(*TJ, namespace, "old"), "delete")
+        await wait_for("the old TrainingJob to go (operator stopped)", lambda: kube.get(*TJ, namespace, "old") is None,
+                       timeout=30)
 
     asyncio.run(scenario())
 

@@ -77,6 +77,9 @@ SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("decisions_total", "counter", "Decisions taken, by object kind and reason", ("kind", "reason")),
     MetricSpec("reconcile_duration_seconds", "histogram", "Time of one reconcile of one object", ("kind",),
                RECONCILE_BUCKETS),
+    MetricSpec("reconcile_errors_total", "counter",
+               "Reconciles that failed and were rescheduled with backoff (the object keeps its wake-ups)",
+               ("kind", "error")),
     MetricSpec("planning_duration_seconds", "histogram", "Time of one replan of the whole plan board", (),
                PLANNING_BUCKETS),
     MetricSpec("replans_total", "counter", "Replans of the plan board"),
@@ -159,6 +162,9 @@ class Metrics:
     def reconcile_timer(self, kind: str) -> Iterator[None]:
         with self._m["reconcile_duration_seconds"].labels(kind).time():
             yield
+
+    def reconcile_error(self, kind: str, error: str) -> None:
+        self._m["reconcile_errors_total"].labels(kind, error).inc()
 
     def replan(self, replans: int, duration_s: float, jobs: int) -> bool:
         """Record a board replan once (``replans`` is the board's running count). True if new."""

@@ -69,7 +69,9 @@ class Settings(BaseSettings):
     horizon: str = Field(default="7d", pattern=DURATION_PATTERN, description="furthest look-ahead")
     safety_margin: str = Field(default="15m", pattern=DURATION_PATTERN)
     replan_interval: str = Field(default="15m", pattern=DURATION_PATTERN)
-    tick_interval: float = Field(default=30.0, gt=0, description="seconds between per-object reconciles")
+    tick_interval: float = Field(default=600.0, gt=0, description=(
+        "the longest an object waits between reconciles when nothing is due (a safety net: wake-ups come "
+        "from its plan, its budget step and watch events), seconds"))
     default_min_run: str = Field(default="30m", pattern=DURATION_PATTERN)
     gpu_capacity: int | None = Field(default=None, ge=0, description="GPUs for shifted jobs; None: sum of nodes' allocatable")
     default_watts_per_gpu: float = Field(default=300.0, gt=0)

@@ -308,11 +308,12 @@ def ours(api, target: str) -> list[dict]:
     return [b for r, b in applies(api, f"/deployments/{target}") if r.params.get("fieldManager") == "greenml-operator"]
 
 
+@pytest.mark.timeout(150)
 async def test_apply_conflict_then_server_errors_are_retried_with_backoff(api, kubeconfig, tmp_path):
     """The Deployment's server-side apply answered 409 three times (every handler's first
     try: a conflict storm while someone else writes the Deployment), then 500 twice: the
-    operator backs off (kopf TemporaryError, 10 s: a first try per handler, then one per
-    10 s), applies in the end, and only then writes status and posts the one Switch
+    operator's loop backs off for that object (controllers/loop.BACKOFF: 1, 2, 5, 10, 30 s,
+    ±20 %), applies in the end, and only then writes status and posts the one Switch
     Event; it never crashes. (kmock stores a write before the injected error
     answers, so the object cannot show *when* the apply took; status and the Event can.)"""
     path = f"/apis/apps/v1/namespaces/{NS}/deployments/api-dep"
@@ -331,16 +332,17 @@ async def test_apply_conflict_then_server_errors_are_retried_with_backoff(api, k
         await asyncio.sleep(1.0)
         assert not (await status_of(api, "api")).get("activeVariant"), "status written although the apply failed"
         assert not switch_events(api, "api"), "Switch Event posted although the apply failed"
-        st = await wait_for("applied after the faults", lambda: _decided(api, "api", "full"), timeout=45, op=op)
+        st = await wait_for("applied after the faults", lambda: _decided(api, "api", "full"), timeout=90, op=op)
         assert (len(conflict.hits), len(server.hits)) == (3, 2)
         await asyncio.sleep(1.5)
         sent = ours(api, "api-dep")
         assert len(sent) == 6, f"{len(sent)} apply requests: 5 failures + 1 success expected"
         assert all(variant_of_apply(b) == "full" and image_of_apply(b) == IMAGES["full"] for b in sent)
-        # three handlers may each try once at first (resume + create, as kopf runs both for an
-        # object it first sees, and the timer); every later try waits for the 10 s backoff
-        gaps = [hits[i + 3] - hits[i] for i in range(len(hits) - 3)]
-        assert all(g >= 5.0 for g in gaps), f"retries not backed off: {[round(h - hits[0], 2) for h in hits]}"
+        # one try at a time, each retry after the object's own backoff
+        from greenml.controllers.loop import BACKOFF, JITTER
+        gaps = [hits[i + 1] - hits[i] for i in range(len(hits) - 1)]
+        assert all(g >= BACKOFF[i] * (1 - JITTER) - 0.05 for i, g in enumerate(gaps)), \
+            f"retries not backed off: {[round(h - hits[0], 2) for h in hits]}"
         assert st["phase"] == "Active" and st["lastDecision"]["action"] == "switch", st
         assert conds_of(st)["TargetFound"]["status"] == "True"
         assert len(switch_events(api, "api")) == 1

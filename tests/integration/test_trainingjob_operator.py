@@ -6,6 +6,7 @@ checkable behaviour (running immediately would un-suspend within a second or two
 """
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -180,3 +181,43 @@ async def test_default_zone_comes_from_node_regions(api, kubeconfig, tmp_path):
         # node events and the first reconcile race; the zone is re-resolved on every tick
         await wait_for("the node region's zone in status", zoned, op=op)
 
+
+
+def _reconciles(op) -> float:
+    import re
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{op.env['GREENML_METRICS_PORT']}/metrics", timeout=5).read().decode()
+    m = re.search(r'^greenml_reconcile_duration_seconds_count\{kind="TrainingJob"\} (\S+)$', text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+async def test_a_quiet_window_costs_no_reconcile_and_no_write(api, kubeconfig, tmp_path):
+    """20 TrainingJobs planned into a window a minute away; then, with nothing due, the
+    board replanned every 4 s (same forecast: the same plans on the grid) and the safety net
+    at 600 s: no reconcile of any TrainingJob and no status write for 10 s."""
+    t0 = grid_start()
+    values = [400.0] * 40 + [50.0] * 10 + [400.0] * 200       # the window opens 80 s from now
+    intensity = write_intensity(tmp_path / "ci.csv", t0, STEP, values)
+    names = [f"quiet-{i}" for i in range(20)]
+    with run_operator(tmp_path, operator_env(tmp_path, kubeconfig, intensity, tick_interval="600")) as op:
+        for n in names:
+            await api.create(TJ, training_job(n, max_delay="3m"))
+        for n in names:
+            await wait_for(f"a plan for {n}", lambda n=n: _planned(api, n), timeout=30, op=op)
+        await asyncio.sleep(2)                  # the Jobs' ADDED events and the first replan settle
+        before_writes = len([r for r in api.requests_to("patch", "/trainingjobs/") if "/status" in str(r.url)])
+        before = _reconciles(op)
+        await asyncio.sleep(10)
+        writes = len([r for r in api.requests_to("patch", "/trainingjobs/") if "/status" in str(r.url)]) - before_writes
+        assert writes == 0, f"{writes} status writes in a quiet window"
+        assert _reconciles(op) == before, f"{_reconciles(op) - before} reconciles in a quiet window"
+        for n in names:
+            st = await status_of(api, n)
+            assert st["phase"] == "Waiting" and st["plan"]["plannedStart"], st
+        assert op.alive()
+
+
+async def _planned(api, name):
+    st = await status_of(api, name)
+    return st if (st.get("plan") or {}).get("plannedStart") else None

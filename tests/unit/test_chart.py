@@ -38,10 +38,11 @@ EXPECTED_RULES = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
     ("", "namespaces"): {"list", "watch"},
 }
-PEERING_RULES = {
-    ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
-    ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
-}
+LEASE_RULES = [   # HA: the leader-election Lease, in the release namespace only
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["greenml"],
+     "verbs": ["get", "patch", "update"]},
+]
 
 
 def template(helm_path: Path, *args: str, chart: Path = CHART) -> str:
@@ -157,7 +158,7 @@ def test_rbac_has_no_wildcards_and_no_cluster_wide_secrets(helm, variant):
 
 def test_cluster_role_is_exactly_what_the_operator_uses(helm):
     assert rules_of(the(render(helm), "ClusterRole")) == EXPECTED_RULES
-    assert rules_of(the(render(helm, "-f", str(ALL_ON)), "ClusterRole")) == EXPECTED_RULES | PEERING_RULES
+    assert rules_of(the(render(helm, "-f", str(ALL_ON)), "ClusterRole")) == EXPECTED_RULES   # the Lease is in a Role (namespaced), not here
     scoped = rules_of(the(render(helm, "--set", "operator.watchNamespace=ml"), "ClusterRole"))
     assert ("", "namespaces") not in scoped
 
@@ -243,21 +244,22 @@ def test_standalone_by_default(helm):
                                          "ClusterRoleBinding", "Deployment", "Service"}
 
 
-def test_ha_runs_peered_replicas(helm):
+def test_ha_runs_replicas_that_elect_a_leader_on_a_lease(helm):
     docs = render(helm, "-f", str(ALL_ON))
     dep = the(docs, "Deployment")
     assert dep["spec"]["replicas"] == 2 and dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
-    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["GREENML_PEERING"] == "greenml"
-    crd_names = {c["metadata"]["name"] for c in find(docs, "CustomResourceDefinition")}
-    assert {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"} <= crd_names
-    peering = the(docs, "ClusterKopfPeering")
-    assert peering["metadata"]["name"] == "greenml"
-    hook = peering["metadata"]["annotations"]["helm.sh/hook"]
-    # never re-created on upgrade: that would drop the keep-alives and let every replica act
-    assert hook == "post-install", hook
-    scoped = render(helm, "-f", str(ALL_ON), "--set", "operator.watchNamespace=ml")
-    assert the(scoped, "KopfPeering")["metadata"]["namespace"] == "ml"
+    env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["GREENML_PEERING"]["value"] == "greenml"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    # no kopf peering any more: no CRDs, no peering object, no cluster-wide rule for it
+    assert not [d for d in docs if d["apiVersion"].startswith("kopf.dev") or d["metadata"]["name"].endswith("kopf.dev")]
+    role = [r for r in find(docs, "Role") if r["metadata"]["name"].endswith("-leader-election")]
+    assert len(role) == 1 and role[0]["metadata"]["namespace"] == NAMESPACE
+    assert role[0]["rules"] == LEASE_RULES
+    binding = [b for b in find(docs, "RoleBinding") if b["metadata"]["name"].endswith("-leader-election")]
+    assert binding and binding[0]["roleRef"]["name"] == role[0]["metadata"]["name"]
+    assert not any(r["metadata"]["name"].endswith("-leader-election") for r in find(render(helm), "Role"))
 
 
 def test_all_on_renders_every_optional_object(helm):

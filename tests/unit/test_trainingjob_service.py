@@ -8,7 +8,7 @@ import pytest
 
 from greenml.services.board import PlanBoard
 from greenml.services.trainingjob import (
-    Defaults, InvalidSpec, JobObservation, Progress, check_feasible, decide, job_manifest, job_name, resolve,
+    Defaults, InvalidSpec, JobObservation, Progress, check_feasible, decide, in_windows, job_manifest, job_name, resolve,
 )
 from greenml.signals.base import IntensitySeries
 from greenml.signals.series import SeriesSource
@@ -369,4 +369,5 @@ def test_a_running_job_keeps_its_gpus_until_the_next_replan(running_progress, in
     assert held.windows[0][0] == T0 and held.windows[0][1] >= T0 + held_until * D.step
     board.forget(busy.key)                                 # its Job finished
     plan, _ = board.plan_for(waiting.key, T0 + timedelta(minutes=5))
-    assert plan.planned_start == T0 + timedelta(minutes=5)
+    # planned on the grid: the slot holding now, which it starts in at once
+    assert plan.planned_start == T0 and in_windows(T0 + timedelta(minutes=5), plan.windows), plan.windows

@@ -61,7 +61,6 @@ def run(args) -> int:
         namespaces=namespaces or (),
         liveness_endpoint=liveness,
         memo=memo,
-        standalone=settings.peering is None,
-        peering_name=settings.peering,
+        standalone=True,      # kopf's peering stays off: the Lease (GREENML_PEERING) elects the acting replica
     ))
     return 0

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from greenml.controllers.loop import Loop, Store
 from greenml.kube import Kube
 from greenml.services.board import PlanBoard
 from greenml.services.trainingjob import Defaults
@@ -26,6 +27,12 @@ class Context:
     node_gpus: dict[str, int] = field(default_factory=dict)
     node_regions: dict[str, str] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+    store: Store = field(default_factory=Store)
+    loop: Loop = None            # type: ignore[assignment]   (made in __post_init__ on the context's clock)
+
+    def __post_init__(self) -> None:
+        if self.loop is None:
+            self.loop = Loop(lambda: self.clock())
 
     def cluster_zone(self) -> str:
         """The grid zone holding most GPUs, from nodes' region labels through `zone_map`;

@@ -18,11 +18,10 @@ import kopf
 import numpy as np
 
 from greenml.controllers.context import Context
+from greenml.controllers.loop import NEVER, Patch, post_event, reconcile_object, watch_event
 from greenml.controllers.operator import metrics_of
-from greenml.controllers.trainingjob import (
-    TICK, condition, forget_object, merge_conditions, object_key, observed_reconcile, post_event, reject,
-)
-from greenml.kube import ApiError, Conflict, Transient
+from greenml.controllers.trainingjob import condition, merge_conditions, reject
+from greenml.services.board import grid_origin
 from greenml.services import inferencebudget as svc
 from greenml.services.trainingjob import InvalidSpec
 from greenml.signals.base import SignalError
@@ -30,16 +29,51 @@ from greenml.timeutil import format_time
 
 log = logging.getLogger("greenml.inferencebudget")
 RESOURCE = ("greenml.io", "v1alpha1", "inferencebudgets")
+API_VERSION = "greenml.io/v1alpha1"
+KIND = "InferenceBudget"
 
 
-@kopf.index("autoscaling", "v2", "horizontalpodautoscalers")
-def greenml_hpas(body: kopf.Body, **_: Any) -> dict[tuple[str, str], str]:
-    """HPAs by (namespace, target Deployment name) → HPA name."""
-    ref = (body.get("spec") or {}).get("scaleTargetRef") or {}
-    if ref.get("kind") != "Deployment" or not ref.get("name"):
-        return {}
+@kopf.on.event(*RESOURCE)
+def on_budget(body: kopf.Body, type: str, memo: kopf.Memo, **_: Any) -> None:
+    ctx: Context = memo.ctx
     meta = body.get("metadata", {})
-    return {(meta.get("namespace"), ref["name"]): meta.get("name")}
+    if type == "DELETED":
+        ns, name = meta.get("namespace", ""), meta.get("name", "")
+        ctx.store.pop(KIND, ns, name)
+        ctx.loop.forget((KIND, ns, name))
+        ctx.extras.get("applied", {}).pop((ns, name), None)
+        metrics_of(ctx).forget(ns, name, KIND)
+        return
+    watch_event(ctx, KIND, body)
+
+
+@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers")
+def on_hpa(body: kopf.Body, type: str, memo: kopf.Memo, **_: Any) -> None:
+    """HPAs by (namespace, HPA name) → target Deployment; an HPA appearing, going or
+    retargeted wakes the budgets of its Deployment (the cap moves to it, or back to replicas)."""
+    ctx: Context = memo.ctx
+    meta = body.get("metadata", {})
+    ns, name = meta.get("namespace") or "", meta.get("name") or ""
+    hpas = ctx.store.kind("HPA")
+    old = (hpas.get((ns, name)) or {}).get("target")
+    ref = (body.get("spec") or {}).get("scaleTargetRef") or {}
+    target = ref.get("name") if ref.get("kind") == "Deployment" else None
+    if type == "DELETED" or not target:
+        hpas.pop((ns, name), None)
+    else:
+        hpas[(ns, name)] = {"metadata": {"namespace": ns, "name": name}, "target": target}
+    if type == "DELETED" or old != target:
+        for t in {old, target} - {None}:
+            for bns, bname in ctx.store.keys(KIND):
+                b = ctx.store.get(KIND, bns, bname) or {}
+                if bns == ns and ((b.get("spec") or {}).get("targetRef") or {}).get("name") == t:
+                    ctx.loop.wake((KIND, bns, bname))
+
+
+def hpa_for(ctx: Context, ns: str, target: str) -> str | None:
+    """The HPA (by name, the first in name order) that scales the Deployment."""
+    names = sorted(n for (hns, n), h in ctx.store.kind("HPA").items() if hns == ns and h.get("target") == target)
+    return names[0] if names else None
 
 
 def read_signals(ctx: Context, zone: str, spec, model, deployment: Mapping[str, Any], active: str | None,
@@ -80,9 +114,10 @@ def read_signals(ctx: Context, zone: str, spec, model, deployment: Mapping[str, 
     return svc.Signals(current, forecast, load, np.full(n, load), source, load_source, degraded)
 
 
-async def reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, memo: kopf.Memo,
-                    greenml_hpas: kopf.Index, **_: Any) -> None:
-    ctx: Context = memo.ctx
+async def reconcile(ctx: Context, body: Mapping[str, Any], status: Mapping[str, Any], patch: Patch) -> datetime | None:
+    """One budget: decide, apply the variant (and an HPA's cap), fill ``patch.status``;
+    returns the next wake-up: the next planning step, the end of the dwell time or of the
+    period, whichever comes first."""
     now = ctx.clock()
     meta = body.get("metadata", {})
     ns, name, generation = meta.get("namespace"), meta.get("name"), meta.get("generation")
@@ -91,12 +126,9 @@ async def reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patc
         spec, model = svc.parse_spec(body)
     except InvalidSpec as err:
         reject(body, status, patch, err, now, generation)
-        return
+        return NEVER
     target = spec.target_ref.name
-    try:
-        deployment = await asyncio.to_thread(ctx.kube.get, "apps/v1", "deployments", ns, target)
-    except ApiError as exc:
-        raise kopf.TemporaryError(str(exc), delay=30) from None
+    deployment = await asyncio.to_thread(ctx.kube.get, "apps/v1", "deployments", ns, target)
     if deployment is None:
         msg = f"target Deployment {ns}/{target} not found; retrying"
         prev = status.get("conditions")
@@ -105,7 +137,7 @@ async def reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patc
         if (status.get("lastDecision") or {}).get("reason") != "TargetNotFound":
             patch.status["lastDecision"] = {"time": format_time(now), "action": "none", "reason": "TargetNotFound", "message": msg}
             post_event(body, True, "TargetNotFound", msg)
-        return
+        return now + TARGET_RETRY
 
     step = ctx.defaults.step
     previous, _ = svc.state_from_status(status)
@@ -116,30 +148,32 @@ async def reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patc
     outcome = svc.reconcile(spec, model, status, now, signals, step)
     d = outcome.decision
 
-    hpa = None
-    for item in greenml_hpas.get((ns, target), []):
-        hpa = item
+    hpa = hpa_for(ctx, ns, target)
     body_ = svc.deployment_apply_body(ns, target, spec, d.variant, None if hpa else d.replicas)
     # drift: the fields the operator applied were changed (or the Deployment recreated) by
     # someone else. Compared with what the server stored after the last apply (its
     # normalised form), else with the body itself (after a restart).
-    applied, key = ctx.extras.setdefault("applied", {}), object_key("InferenceBudget", body)
-    drifted = svc.applied_fields(deployment, body_) != applied.get(key, body_)
-    try:
-        if outcome.switched or status.get("observedGeneration") != generation or drifted:
-            stored = await asyncio.to_thread(ctx.kube.apply, "apps/v1", "deployments", ns, target, body_)
-            applied[key] = svc.applied_fields(stored, body_) if (stored or {}).get("spec") else body_
-            if hpa:
-                cap = d.replicas if d.throttled else model.max_replicas
-                await asyncio.to_thread(ctx.kube.apply, "autoscaling/v2", "horizontalpodautoscalers", ns, hpa,
-                                        svc.hpa_apply_body(ns, hpa, cap))
-            if drifted and not outcome.switched and status.get("observedGeneration") == generation:
-                post_event(body, True, "TargetDrifted", f"Deployment {target} no longer carried variant {d.variant} "
-                                                        "(changed or recreated by someone else): re-applied")
-    except (Transient, Conflict) as exc:   # a conflict is resolved by trying again on fresh state
-        raise kopf.TemporaryError(str(exc), delay=10) from None
-    except ApiError as exc:
-        raise kopf.TemporaryError(f"{exc} (will retry)", delay=60) from None
+    applied, key = ctx.extras.setdefault("applied", {}), (ns, name)
+    last = applied.get(key) or {}
+    drifted = svc.applied_fields(deployment, body_) != last.get("deployment", body_)
+    if outcome.switched or status.get("observedGeneration") != generation or drifted or "deployment" not in last:
+        stored = await asyncio.to_thread(ctx.kube.apply, "apps/v1", "deployments", ns, target, body_)
+        last = applied[key] = {**last, "deployment": svc.applied_fields(stored, body_) if (stored or {}).get("spec")
+                               else body_}
+        if drifted and not outcome.switched and status.get("observedGeneration") == generation:
+            post_event(body, True, "TargetDrifted", f"Deployment {target} no longer carried variant {d.variant} "
+                                                    "(changed or recreated by someone else): re-applied")
+    if hpa:
+        # the cap follows the decision, also onto an HPA created after the budget
+        cap = d.replicas if d.throttled else model.max_replicas
+        # applied with the variant (a switch, a new spec, drift), and on an HPA not capped yet
+        # (one created after the budget). Not on every change of the cap alone: without a
+        # loadQuery the load is read from the replicas, which the cap itself lowers.
+        first = (last.get("hpa") or (None,))[0] != hpa
+        if first or outcome.switched or status.get("observedGeneration") != generation or drifted:
+            await asyncio.to_thread(ctx.kube.apply, "autoscaling/v2", "horizontalpodautoscalers", ns, hpa,
+                                    svc.hpa_apply_body(ns, hpa, cap))
+            applied[key] = {**last, "hpa": (hpa, cap)}
 
     prev = status.get("conditions")
     conds = [condition("TargetFound", True, "TargetFound", f"Deployment {target}", now, generation, prev)]
@@ -160,6 +194,13 @@ async def reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patc
         if outcome.switched:
             post_event(body, d.reason not in ("WithinBudget", "Dwell"), "Switch",
                        f"{status.get('activeVariant') or '-'} → {d.variant} ×{d.replicas}: {d.message}")
+    times = [grid_origin(now, step) + step, outcome.state.period_end]
+    if outcome.state.switched_at is not None:
+        times.append(outcome.state.switched_at + model.min_dwell)
+    return min(t for t in times if t > now) if any(t > now for t in times) else now + step
+
+
+TARGET_RETRY = timedelta(seconds=30)   # the target Deployment is missing: look again
 
 
 def record_budget(ctx: Context, ns: str, name: str, model, outcome: svc.BudgetOutcome) -> None:
@@ -174,20 +215,5 @@ def record_budget(ctx: Context, ns: str, name: str, model, outcome: svc.BudgetOu
     m.active_variant(ns, name, d.variant)
 
 
-@kopf.on.resume(*RESOURCE)
-@kopf.on.create(*RESOURCE)
-@kopf.on.update(*RESOURCE, field="spec")
-async def on_change(**kwargs: Any) -> None:
-    await observed_reconcile(kwargs, "InferenceBudget", reconcile)
-
-
-@kopf.timer(*RESOURCE, interval=TICK, initial_delay=TICK)
-async def on_tick(**kwargs: Any) -> None:
-    await observed_reconcile(kwargs, "InferenceBudget", reconcile)
-
-
-@kopf.on.delete(*RESOURCE, optional=True)
-async def on_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    meta = body.get("metadata", {})
-    metrics_of(memo.ctx).forget(meta.get("namespace", ""), meta.get("name", ""), "InferenceBudget")
-    forget_object(memo.ctx, "InferenceBudget", body)
+async def reconcile_key(ctx: Context, key: tuple[str, str, str]) -> datetime | None:
+    return await reconcile_object(ctx, KIND, API_VERSION, "inferencebudgets", key, reconcile)

@@ -1,7 +1,10 @@
-"""Operator-wide handlers: start-up (settings → context in memo, kopf settings), node capacity."""
+"""Operator-wide handlers: start-up (settings → context in memo, kopf settings, the planning
+loop and its leader election), node capacity, the periodic replan of the plan board."""
 from __future__ import annotations
 
+import asyncio
 import logging
+from datetime import datetime, timedelta
 from typing import Any
 
 import kopf
@@ -27,7 +30,7 @@ def build_context(settings: Settings, kube: Kube | None = None) -> Context:
     kube = kube or Kube()
     ctx_ref: dict[str, Context] = {}
     board = PlanBoard(
-        defaults, build_source(settings),
+        defaults, build_source(settings, kube=kube),
         replan_interval=settings.duration("replan_interval"),
         horizon=settings.duration("horizon"),
         capacity=lambda: ctx_ref["ctx"].capacity(),
@@ -40,35 +43,18 @@ def build_context(settings: Settings, kube: Kube | None = None) -> Context:
 
 
 def configure_kopf(ks: kopf.OperatorSettings, settings: Settings) -> None:
-    # kopf's own bookkeeping lives in annotations, so status holds only our declared schema
+    # kopf only watches (event handlers): no finalizer, no diff-base or progress annotations.
+    # Its peering stays off: every replica watches (a warm store), and the Lease decides
+    # which one's planning loop acts (controllers/loop.py).
     ks.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     ks.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=PREFIX)
-    ks.persistence.finalizer = f"{PREFIX}/finalizer"
+    ks.persistence.finalizer = f"{PREFIX}/kopf-finalizer"    # never set: no handler needs one
     ks.posting.level = logging.WARNING        # our own Events are explicit; kopf posts only problems
     ks.watching.server_timeout = 300
     ks.watching.client_timeout = 330
     ks.batching.error_delays = [1, 2, 5, 10, 30, 60]   # backoff on API errors: no hot loops
     ks.execution.max_workers = 8
-    if settings.peering:
-        ks.peering.name = settings.peering
-        ks.peering.standalone = False
-        ks.peering.mandatory = True
-        # kopf pauses *every* peer when priorities tie, so each replica needs its own
-        ks.peering.priority = peering_priority(settings)
-        ks.peering.lifetime = settings.peering_lifetime
-    else:
-        ks.peering.standalone = True
-
-
-def peering_priority(settings: Settings) -> int:
-    """Configured, else a stable hash of the pod name (distinct per replica, same across restarts)."""
-    if settings.peering_priority is not None:
-        return settings.peering_priority
-    import os
-    import zlib
-
-    pod = os.environ.get("POD_NAME") or os.environ.get("HOSTNAME") or "greenml"
-    return 1 + zlib.crc32(pod.encode()) % 32767
+    ks.peering.standalone = True
 
 
 @kopf.on.login()
@@ -82,13 +68,89 @@ def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
 
 
 @kopf.on.startup()
-def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     ours: Settings = memo.get("greenml_settings") or load_settings()
     configure_kopf(settings, ours)
     if "ctx" not in memo:
         memo.ctx = build_context(ours)
-    serve_metrics(memo.ctx)
+    ctx: Context = memo.ctx
+    serve_metrics(ctx)
+    start_loop(ctx)
     log.info("greenml operator started", extra={"provider": ours.provider, "zone": ours.default_zone})
+
+
+BOARD = ("Board", "", "")      # the loop's key for the periodic replan of the plan board
+
+
+def start_loop(ctx: Context) -> None:
+    """The planning loop (and, with `peering` set, the Lease that says whether it may act)."""
+    from greenml.controllers import inferencebudget, trainingjob
+    from greenml.controllers.loop import LeaseElector, own_identity, own_namespace
+
+    loop = ctx.loop
+    loop.max_sleep = timedelta(seconds=ctx.settings.tick_interval)
+    loop.poll = min(30.0, max(0.05, ctx.settings.tick_interval))
+    loop.handlers = {
+        "TrainingJob": lambda key: trainingjob.reconcile_key(ctx, key),
+        "InferenceBudget": lambda key: inferencebudget.reconcile_key(ctx, key),
+        "Board": lambda key: replan_board(ctx),
+    }
+    loop.on_error = lambda key, exc: reconcile_failed(ctx, key, exc)
+    tasks = ctx.extras.setdefault("tasks", [])
+    if ctx.settings.peering:
+        elector = LeaseElector(ctx.kube, own_namespace(ctx.settings.namespace), ctx.settings.peering, own_identity(),
+                               duration=float(ctx.settings.peering_lifetime),
+                               on_change=lambda leading: leadership_changed(ctx, leading))
+        ctx.extras["elector"] = elector
+        loop.set_leader_check(elector.is_leader)
+        tasks.append(asyncio.create_task(elector.run(), name="greenml lease"))
+    loop.schedule(BOARD, ctx.clock() + ctx.board.replan_interval)
+    tasks.append(asyncio.create_task(loop.run(), name="greenml planning loop"))
+
+
+def leadership_changed(ctx: Context, leading: bool) -> None:
+    """Taking over: every stored object is reconciled now, its wake-ups recomputed from status."""
+    if leading:
+        for kind in ("TrainingJob", "InferenceBudget"):
+            for ns, name in ctx.store.keys(kind):
+                ctx.loop.wake((kind, ns, name))
+        ctx.loop.wake(BOARD)
+    ctx.loop.kick()
+
+
+def reconcile_failed(ctx: Context, key: tuple[str, str, str], exc: BaseException) -> None:
+    metrics_of(ctx).reconcile_error(key[0], type(exc).__name__)
+    log.warning("reconcile of %s %s/%s failed (retried with backoff): %s", key[0], key[1], key[2], exc)
+
+
+async def replan_board(ctx: Context) -> datetime:
+    """The periodic replan: every waiting job planned in one batch on fresh forecasts; the
+    jobs whose plan changed are woken (the others keep sleeping until their next moment)."""
+    now = ctx.clock()
+    if len(ctx.board):
+        await asyncio.to_thread(ctx.board.replan, now)
+        from greenml.metrics import record_board
+        record_board(metrics_of(ctx), ctx.board)
+        for ns, name in ctx.board.take_changed():
+            ctx.loop.wake(("TrainingJob", ns, name))
+    nxt = ctx.board.next_replan() or now + ctx.board.replan_interval
+    if ctx.board.failures():
+        nxt = min(nxt, now + timedelta(minutes=1))      # a zone without a forecast: try again soon
+    return max(nxt, now + timedelta(seconds=1))
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    """Stop the loop at once (a reconcile in flight finishes its API call in its thread) and
+    hand the lease over, so that a standby takes over without waiting for it to expire."""
+    ctx: Context | None = memo.get("ctx")
+    if ctx is None:
+        return
+    for t in ctx.extras.pop("tasks", []):
+        t.cancel()
+    elector = ctx.extras.get("elector")
+    if elector is not None:
+        await asyncio.to_thread(elector.release)
 
 
 def _once(ctx: Context, key: str, make):
@@ -127,6 +189,7 @@ def node_capacity(body: kopf.Body, type: str, memo: kopf.Memo, **_: Any) -> None
     label (mapped to a grid zone by the `zone_map` setting)."""
     ctx: Context = memo.ctx
     name = body.get("metadata", {}).get("name", "")
+    before = (ctx.node_gpus.get(name), ctx.node_regions.get(name))
     if type == "DELETED":
         ctx.node_gpus.pop(name, None)
         ctx.node_regions.pop(name, None)
@@ -135,3 +198,7 @@ def node_capacity(body: kopf.Body, type: str, memo: kopf.Memo, **_: Any) -> None
         region = (body.get("metadata", {}).get("labels") or {}).get(ctx.settings.zone_label)
         if region:
             ctx.node_regions[name] = region
+    if (ctx.node_gpus.get(name), ctx.node_regions.get(name)) != before and ctx.settings.gpu_capacity is None:
+        # the capacity (or the cluster's zone) changed — not a heartbeat: replan now
+        ctx.board.invalidate()
+        ctx.loop.wake(BOARD)

@@ -1,5 +1,10 @@
 """TrainingJob handlers: thin. Everything they decide comes from greenml.services.trainingjob.
 
+kopf's watches feed the operator's store (``on.event``: no finalizer); the planning loop
+(controllers/loop.py) reconciles a TrainingJob when it is woken — by its spec changing, its
+Job changing, its plan changing, or the next moment its decision can change
+(``services.trainingjob.next_wakeup``). Status is written only when it changes.
+
 Intent is persisted in status (``progress.runningSince``): the Job is reconciled to
 match it, so a restart at any point loses nothing, creates no duplicate (deterministic
 name + adoption on 409) and still meets the deadline.
@@ -9,47 +14,89 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Mapping
 
 import kopf
 
 from greenml.controllers.context import Context
+from greenml.controllers.loop import NEVER, Patch, post_event, reconcile_object, watch_event
 from greenml.controllers.operator import accounting_of, metrics_of
-from greenml.metrics import record_board, record_decision, record_trainingjob
-from greenml.kube import ApiError, Conflict, Transient
+from greenml.metrics import record_board, record_trainingjob
+from greenml.kube import ApiError, Conflict
 from greenml.services.trainingjob import (
     LABEL_MANAGED_BY, LABEL_OWNER, MANAGED_BY, InvalidSpec, JobObservation, Outcome, Progress,
-    check_feasible, decide, job_manifest, job_name, owned_by, resolve,
+    check_feasible, decide, job_manifest, job_name, next_wakeup, owned_by, resolve,
 )
 from greenml.timeutil import format_time
 
 log = logging.getLogger("greenml.trainingjob")
 RESOURCE = ("greenml.io", "v1alpha1", "trainingjobs")
+API_VERSION = "greenml.io/v1alpha1"
+KIND = "TrainingJob"
 FINAL = ("Succeeded", "Failed")
+__all__ = ["post_event"]
 
 
-# ------------------------------------------------------------------ Job index
-@kopf.index("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY})
-def greenml_jobs(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
-    """Owned Jobs by (namespace, TrainingJob name): the operator reads these, never GETs per tick."""
+# ------------------------------------------------------------------ watches → store → loop
+@kopf.on.event(*RESOURCE)
+def on_trainingjob(body: kopf.Body, type: str, memo: kopf.Memo, **_: Any) -> None:
+    """Store the latest body; wake it when its spec (generation), deletion or finalizers changed."""
+    ctx: Context = memo.ctx
+    meta = body.get("metadata", {})
+    if type == "DELETED":
+        forget(ctx, meta.get("namespace", ""), meta.get("name", ""))
+        if ctx.loop.is_leading():
+            # the garbage collector removes the Job through its ownerReference; deleting it
+            # here too covers clusters without one (and saves the GC's delay)
+            try:
+                ctx.kube.delete_job(meta.get("namespace"), job_name(meta.get("name", "")))
+            except ApiError as exc:
+                log.warning("could not delete Job: %s", exc)
+        return
+    watch_event(ctx, KIND, body)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY})
+def on_job(body: kopf.Body, type: str, memo: kopf.Memo, **_: Any) -> None:
+    """Owned Jobs by (namespace, TrainingJob name): a change of one wakes its TrainingJob."""
+    ctx: Context = memo.ctx
     meta = body.get("metadata", {})
     labels = meta.get("labels") or {}
     if labels.get(LABEL_MANAGED_BY) != MANAGED_BY or not labels.get(LABEL_OWNER):
-        return {}   # the emulator ignores label selectors: filter here too
-    return {(meta.get("namespace"), labels[LABEL_OWNER]): {"metadata": dict(meta), "spec": dict(body.get("spec") or {}),
-                                                             "status": dict(body.get("status") or {})}}
+        return   # the emulator ignores label selectors: filter here too
+    ns, owner = meta.get("namespace") or "", labels[LABEL_OWNER]
+    jobs = ctx.store.kind("Job")
+    old = jobs.get((ns, owner))
+    if type == "DELETED":
+        if old is not None and (old.get("metadata") or {}).get("uid") == meta.get("uid"):
+            jobs.pop((ns, owner), None)
+    else:
+        jobs[(ns, owner)] = {"metadata": dict(meta), "spec": dict(body.get("spec") or {}),
+                             "status": dict(body.get("status") or {})}
+    if old is None or type == "DELETED" or _job_view(old) != _job_view(jobs.get((ns, owner)) or {}):
+        ctx.loop.wake((KIND, ns, owner))
 
 
-def _observed(index: kopf.Index, namespace: str, name: str) -> Mapping[str, Any] | None:
-    store = index.get((namespace, name))
-    if not store:
-        return None
-    for job in store:
-        return job
-    return None
+def _job_view(job: Mapping[str, Any]) -> tuple:
+    """What of a Job a decision reads (its status and whether it is suspended)."""
+    return (job.get("metadata", {}).get("uid"), (job.get("spec") or {}).get("suspend"), job.get("status"))
+
+
+def _observed(ctx: Context, namespace: str, name: str) -> Mapping[str, Any] | None:
+    return ctx.store.kind("Job").get((namespace, name))
+
+
+def forget(ctx: Context, ns: str, name: str) -> None:
+    """The TrainingJob is gone: its board entry, memories and metrics go too (its Job is
+    removed by the garbage collector through the ownerReference)."""
+    key = (ns, name)
+    ctx.store.pop(KIND, ns, name)
+    ctx.loop.forget((KIND, ns, name))
+    ctx.board.forget(key)
+    ctx.extras.get("measured", {}).pop(key, None)
+    metrics_of(ctx).forget(ns, name, KIND)
 
 
 # ------------------------------------------------------------------ status helpers
@@ -78,12 +125,8 @@ def merge_conditions(previous: list[Mapping[str, Any]] | None, new: list[dict[st
     return list(by_type.values())
 
 
-def post_event(body: Mapping[str, Any], warning: bool, reason: str, message: str) -> None:
-    kopf.event(body, type="Warning" if warning else "Normal", reason=reason, message=message)
-
-
 # ------------------------------------------------------------------ invalid specs
-def reject(body: Mapping[str, Any], status: Mapping[str, Any], patch: kopf.Patch, err: InvalidSpec,
+def reject(body: Mapping[str, Any], status: Mapping[str, Any], patch: Patch, err: InvalidSpec,
            now: datetime, generation: int | None) -> None:
     message = f"invalid spec: {err.field}: {err.message}"
     conds = merge_conditions(status.get("conditions"), [
@@ -103,7 +146,7 @@ class JobNameTaken(Exception):
     """A Job with the TrainingJob's Job name exists and is not owned by it."""
 
 
-def name_conflict(body: Mapping[str, Any], status: Mapping[str, Any], patch: kopf.Patch, job: str,
+def name_conflict(body: Mapping[str, Any], status: Mapping[str, Any], patch: Patch, job: str,
                   now: datetime, generation: int | None) -> None:
     """Not final: the other Job may be on its way out (e.g. awaiting garbage collection);
     every tick looks again, and the condition clears once the name is free."""
@@ -120,86 +163,37 @@ def name_conflict(body: Mapping[str, Any], status: Mapping[str, Any], patch: kop
 
 
 # ------------------------------------------------------------------ reconcile
-WRITTEN_TTL = 60.0   # seconds the last written status bridges the watch's lag
-
-
-def object_key(kind: str, body: Mapping[str, Any]) -> tuple[str, str, str]:
-    meta = body.get("metadata", {})
-    return kind, meta.get("namespace") or "", meta.get("name") or ""
-
-
-async def serialized(kind: str, fn, body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch,
-                     memo: kopf.Memo, **kwargs: Any) -> None:
-    """One reconcile at a time per object, on the freshest status.
-
-    kopf runs an object's change handlers and its timer concurrently, and hands each the
-    status of the body it was triggered by; it writes a handler's status only after the
-    handler returns. Two interleaved reconciles would both create the Job, and one started
-    on a stale snapshot would decide on old progress and drop conditions written meanwhile
-    (a SignalsDegraded that then never cleared). So: a lock per object, and the status this
-    operator last wrote laid over the snapshot for as long as the watch may lag behind it
-    (only this operator writes status; a peer taking over waits longer than the TTL).
-    """
-    extras = memo.ctx.extras
-    key = object_key(kind, body)
-    lock = extras.setdefault("locks", {}).setdefault(key, asyncio.Lock())
-    async with lock:
-        pending = extras.setdefault("written", {})
-        fresh = dict(status or {})
-        written = pending.get(key)
-        if written is not None:
-            if time.monotonic() - written[0] >= WRITTEN_TTL or all(fresh.get(k) == v for k, v in written[1].items()):
-                written = None              # the watch caught up (or too old to trust): forget it
-                pending.pop(key, None)
-            else:
-                fresh.update(written[1])
-        await fn(body=body, status=fresh, patch=patch, memo=memo, **kwargs)
-        # remember only what this write changes (steady-state ticks change little or nothing)
-        changed = {k: v for k, v in dict(patch.status).items() if fresh.get(k) != v}
-        if changed:
-            pending[key] = (time.monotonic(), {**(written[1] if written else {}), **changed})
-
-
-def forget_object(ctx: Context, kind: str, body: Mapping[str, Any]) -> None:
-    """Drop the per-object memories keyed by ``object_key`` (lock, pending status, applied fields)."""
-    for table in ("locks", "written", "applied"):
-        ctx.extras.get(table, {}).pop(object_key(kind, body), None)
-
-
-async def _reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, memo: kopf.Memo,
-                     greenml_jobs: kopf.Index, **_: Any) -> None:
-    ctx: Context = memo.ctx
+async def reconcile(ctx: Context, body: Mapping[str, Any], status: Mapping[str, Any], patch: Patch) -> datetime | None:
+    """One TrainingJob: decide, bring the Job in line, fill ``patch.status``; returns the
+    next wake-up (None: only the safety net; NEVER: only an event)."""
     now = ctx.clock()
     meta = body.get("metadata", {})
     generation = meta.get("generation")
     status = dict(status or {})
     if status.get("phase") in FINAL and status.get("observedGeneration") == generation:
-        return
+        return NEVER
     ns, name = meta.get("namespace"), meta.get("name")
     try:
         req = resolve(body, ctx.defaults_now())
     except InvalidSpec as err:
         ctx.board.forget((ns, name))
         reject(body, status, patch, err, now, generation)
-        return
+        return NEVER
     progress = Progress.from_status(status)
-    job = _observed(greenml_jobs, ns, name)
-    if job is None and (status.get("jobName") or (ns, name) in ctx.extras.get("created", {})):
-        # the watch-fed index can lag a Job we just created: ask the API before creating again
-        try:
-            job = await asyncio.to_thread(ctx.kube.get_job, ns, job_name(name))
-        except ApiError as exc:
-            raise kopf.TemporaryError(str(exc), delay=10) from None
+    job = _observed(ctx, ns, name)
+    if job is None and status.get("jobName"):
+        # the watch can lag a Job created a moment ago: ask the API before creating again
+        job = await asyncio.to_thread(ctx.kube.get_job, ns, job_name(name))
     if job is not None and not owned_by(job, req):
         name_conflict(body, status, patch, job_name(name), now, generation)
-        return
+        return now + NAME_CONFLICT_RETRY
     if job is None and not status.get("jobName"):
         try:
             check_feasible(req, now, ctx.defaults)
         except InvalidSpec as err:
             ctx.board.forget((ns, name))
             reject(body, status, patch, err, now, generation)
-            return
+            return NEVER
     observed = JobObservation.from_job(job)
     # our persisted intent says whether the job runs; the Job is brought in line with it
     intended = replace(observed, suspended=progress.running_since is None) if observed.exists else observed
@@ -217,20 +211,25 @@ async def _reconcile(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Pat
         await asyncio.to_thread(apply, ctx, req, body, outcome, observed, job)
     except JobNameTaken:
         name_conflict(body, status, patch, job_name(name), now, generation)
-        return
-    except Transient as exc:
-        raise kopf.TemporaryError(str(exc), delay=10) from None
-    except ApiError as exc:
-        raise kopf.TemporaryError(f"{exc} (will retry)", delay=60) from None
+        return now + NAME_CONFLICT_RETRY
 
     signal = ctx.board.signals.get(req.zone)
     measured = await asyncio.to_thread(measure, ctx, req, outcome, now) if outcome.progress.runs else None
     write_status(body, status, patch, req, outcome, plan, failure, now, generation,
-                 intensity=signal.now if signal else None, measured=measured)
+                 intensity=signal.now if signal else None, measured=measured,
+                 signal_info=signal.info if signal else None)
     record_board(metrics_of(ctx), ctx.board)
     record_trainingjob(metrics_of(ctx), req, patch.status, plan, accounting_of(ctx))
+    for other in ctx.board.take_changed():          # a replan moved other jobs' plans: tell them
+        if other != req.key:
+            ctx.loop.wake((KIND, *other))
     if outcome.phase in FINAL:
         ctx.board.forget(req.key)
+        return NEVER
+    return next_wakeup(req, outcome, windows, now, ctx.defaults)
+
+
+NAME_CONFLICT_RETRY = timedelta(seconds=30)   # another Job holds the name: look again
 
 
 def measure(ctx: Context, req, outcome: Outcome, now: datetime) -> tuple[float, str] | None:
@@ -266,8 +265,9 @@ def apply(ctx: Context, req, body: Mapping[str, Any], outcome: Outcome, observed
     if outcome.action == "create":
         manifest = job_manifest(req, body["spec"]["template"])
         try:
-            kube.create_job(manifest)
-            ctx.extras.setdefault("created", {})[req.key] = True   # until status/index show it
+            created = kube.create_job(manifest)
+            if created.get("metadata"):                  # the store holds it until the watch does
+                ctx.store.kind("Job")[req.key] = created
         except Conflict:
             existing = kube.get_job(req.namespace, name)
             if existing is None or not owned_by(existing, req):
@@ -280,9 +280,9 @@ def apply(ctx: Context, req, body: Mapping[str, Any], outcome: Outcome, observed
         kube.set_job_suspended(req.namespace, name, want_suspended)
 
 
-def write_status(body, status, patch: kopf.Patch, req, outcome: Outcome, plan, failure, now: datetime,
+def write_status(body, status, patch: Patch, req, outcome: Outcome, plan, failure, now: datetime,
                  generation: int | None, intensity: float | None = None,
-                 measured: tuple[float, str] | None = None) -> None:
+                 measured: tuple[float, str] | None = None, signal_info: Any = None) -> None:
     """``intensity`` (g/kWh, the planner's current slot): usage.grams accrues the energy used since
     the last status at it (IT energy; PUE and embodied are added by accounting/metrics/report)."""
     prev = status.get("conditions")
@@ -308,6 +308,15 @@ def write_status(body, status, patch: kopf.Patch, req, outcome: Outcome, plan, f
         elif any(c.get("type") == "SignalsDegraded" for c in prev or []):
             conds.append(condition("SignalsDegraded", False, "ProviderServing",
                                    f"forecast served by the {plan.link} link ({src})", now, generation, prev))
+        if signal_info is not None:
+            # the chain's own account (signals.chain.SignalInfo): a short provider forecast
+            # continued by other links degrades too, and a fallback of another kind (a
+            # marginal signal replaced by an average profile) is never silent
+            for type_, on, reason, msg in signal_info.conditions():
+                if type_ == "SignalsDegraded" and on and not plan.fallback:
+                    conds.append(condition(type_, True, reason, msg, now, generation, prev))
+                elif type_ == "SignalKindChanged" and (on or any(c.get("type") == type_ for c in prev or [])):
+                    conds.append(condition(type_, on, reason, msg, now, generation, prev))
         if req.budget_grams is not None and plan.expected_grams > req.budget_grams:
             conds.append(condition("OverBudget", True, "OverBudget",
                                    f"expected {plan.expected_grams:.0f} g exceeds budgetGrams {req.budget_grams:.0f} g",
@@ -352,52 +361,7 @@ def write_status(body, status, patch: kopf.Patch, req, outcome: Outcome, plan, f
                    outcome.message)
 
 
-# ------------------------------------------------------------------ registration
-def _tick(memo_settings: Any = None) -> float:
-    from greenml.settings import load_settings
-    try:
-        return load_settings().tick_interval
-    except Exception:  # settings errors are reported at start-up by `greenml run`
-        return 30.0
-
-
-TICK = _tick()
-
-
-@kopf.on.resume(*RESOURCE)
-@kopf.on.create(*RESOURCE)
-@kopf.on.update(*RESOURCE, field="spec")
-async def on_change(**kwargs: Any) -> None:
-    await observed_reconcile(kwargs)
-
-
-@kopf.timer(*RESOURCE, interval=TICK, initial_delay=TICK)
-async def on_tick(**kwargs: Any) -> None:
-    await observed_reconcile(kwargs)
-
-
-async def observed_reconcile(kwargs: dict[str, Any], kind: str = "TrainingJob", fn=None) -> None:
-    """A kind's reconcile, serialized per object and timed; then its decision and phase
-    recorded in the metrics."""
-    metrics = metrics_of(kwargs["memo"].ctx)
-    with metrics.reconcile_timer(kind):
-        await serialized(kind, fn or _reconcile, **kwargs)
-    meta = kwargs["body"].get("metadata", {})
-    record_decision(metrics, kind, meta.get("namespace", ""), meta.get("name", ""), kwargs["patch"].status)
-
-
-@kopf.on.delete(*RESOURCE, optional=True)
-async def on_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Owner references let the garbage collector remove the Job; delete it too in case GC is off."""
-    ctx: Context = memo.ctx
-    meta = body.get("metadata", {})
-    key = (meta.get("namespace"), meta.get("name"))
-    ctx.board.forget(key)
-    for table in ("created", "measured"):
-        ctx.extras.get(table, {}).pop(key, None)
-    forget_object(ctx, "TrainingJob", body)
-    metrics_of(ctx).forget(meta.get("namespace", ""), meta.get("name", ""), "TrainingJob")
-    try:
-        await asyncio.to_thread(ctx.kube.delete_job, meta.get("namespace"), job_name(meta.get("name")))
-    except ApiError as exc:
-        log.warning("could not delete Job: %s", exc)
+# ------------------------------------------------------------------ the loop's handler
+async def reconcile_key(ctx: Context, key: tuple[str, str, str]) -> datetime | None:
+    return await reconcile_object(ctx, KIND, API_VERSION, "trainingjobs", key, reconcile,
+                                  volatile={"plan": "computedAt"})

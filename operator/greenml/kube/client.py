@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from datetime import datetime, timezone
 from typing import Any, Mapping
 from urllib.parse import quote, urlencode
 
@@ -251,6 +253,59 @@ class Kube:
         return self.apply_status({"apiVersion": KUEUE_API, "kind": "AdmissionCheck", "metadata": {"name": name},
                                   "status": dict(status)}, "admissionchecks")
 
+    def remove_finalizer(self, api_version: str, plural: str, obj: Mapping[str, Any], finalizer: str) -> bool:
+        """Drop one finalizer by JSON patch, guarded by a ``test`` of its position (a concurrent
+        change answers 422/409 and nothing is lost). True when removed; False when it was not
+        there or the object is gone."""
+        meta = obj.get("metadata") or {}
+        finalizers = list(meta.get("finalizers") or [])
+        if finalizer not in finalizers:
+            return False
+        i = finalizers.index(finalizer)
+        ops = [{"op": "test", "path": f"/metadata/finalizers/{i}", "value": finalizer},
+               {"op": "remove", "path": f"/metadata/finalizers/{i}"}]
+        try:
+            self.request("PATCH", path_for(api_version, plural, meta.get("namespace"), meta.get("name")),
+                         f"remove finalizer of {plural} {meta.get('namespace')}/{meta.get('name')}", body=ops,
+                         content_type="application/json-patch+json")
+        except NotFound:
+            return False
+        return True
+
+    def post_event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str,
+                   component: str = FIELD_MANAGER) -> None:
+        """A core/v1 Event about ``obj`` (what ``kubectl describe`` shows)."""
+        meta = obj.get("metadata") or {}
+        ns = meta.get("namespace") or "default"
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {"apiVersion": "v1", "kind": "Event",
+                # a name of our own (as kubectl's recorder does): generateName costs a retry on clash
+                "metadata": {"name": f"{meta.get('name', 'object')}.{time.time_ns():x}", "namespace": ns},
+                "involvedObject": {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": meta.get("name"),
+                                   "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+                                   "resourceVersion": meta.get("resourceVersion")},
+                "type": type_, "reason": reason, "message": message[:1024],
+                "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+                "source": {"component": component}, "reportingComponent": component}
+        self.request("POST", path_for("v1", "events", ns), f"post Event {ns}/{meta.get('name')}", body=body)
+
+    # ---------------------------------------------------------------- leases (leader election)
+    def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.get("coordination.k8s.io/v1", "leases", namespace, name)
+
+    def create_lease(self, namespace: str, name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+        return self.request("POST", path_for("coordination.k8s.io/v1", "leases", namespace), f"create Lease {namespace}/{name}",
+                            body={"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                                  "metadata": {"name": name, "namespace": namespace}, "spec": dict(spec)})
+
+    def replace_lease(self, lease: Mapping[str, Any]) -> dict[str, Any]:
+        """A merge patch of the spec carrying the resourceVersion read as a precondition: a
+        concurrent writer makes it 409 (Conflict), as an update would."""
+        meta = lease["metadata"]
+        body = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "spec": dict(lease.get("spec") or {})}
+        return self.request("PATCH", path_for("coordination.k8s.io/v1", "leases", meta["namespace"], meta["name"]),
+                            f"update Lease {meta['namespace']}/{meta['name']}", body=body,
+                            content_type="application/merge-patch+json")
 
     # ---------------------------------------------------------------- ConfigMaps
     def merge_configmap_data(self, namespace: str, name: str, data: Mapping[str, str | None], *,

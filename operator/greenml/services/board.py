@@ -12,7 +12,7 @@ import math
 import threading
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -72,12 +72,15 @@ class ZoneSignal:
     min: float
     max: float
     at: datetime
+    info: Any = None          # greenml.signals.chain.SignalInfo: kind changed, short forecast, …
 
 
 def zone_signal(series: IntensitySeries, values: np.ndarray, now: datetime) -> ZoneSignal:
+    from greenml.signals.chain import describe
+
     fallback = tuple((str(f.get("link", "?")), str(f.get("reason", "Unknown"))) for f in series.meta.get("fallback") or ())
     return ZoneSignal(series.source, series.kind, str(series.meta.get("link", "provider")), fallback,
-                      float(values[0]), float(values.min()), float(values.max()), now)
+                      float(values[0]), float(values.min()), float(values.max()), now, describe(series))
 
 
 @dataclass(frozen=True)
@@ -119,12 +122,14 @@ class PlanBoard:
         self._entries: dict[Key, Entry] = {}
         self._plans: dict[Key, PlannedJob] = {}
         self._failures: dict[str, ForecastFailure] = {}
-        self._planned_at: datetime | None = None
+        self._planned_at: datetime | None = None      # when the last full replan ran
+        self._origin: datetime | None = None          # its grid origin (slot 0's start)
         self._basis: dict[Key, _Basis] = {}
         self._last_forecast: dict[str, tuple[datetime, np.ndarray]] = {}
         self._estimate: dict[str, bool] = {}
         self.min_replan_gap = min_replan_gap
         self._dirty = True
+        self._changed: set[Key] = set()               # keys whose plan changed since take_changed()
         self._lock = threading.RLock()
         self._perf = clock_cost
         self.stats = BoardStats()
@@ -185,6 +190,22 @@ class PlanBoard:
             failure = self._failures.get(entry.req.zone) if entry else None
             return self._plans.get(key), failure
 
+    def take_changed(self) -> set[Key]:
+        """The jobs whose plan changed (windows, figures, source) since the last call: a
+        replan asked for by one job can move others, which are then woken."""
+        with self._lock:
+            out, self._changed = self._changed, set()
+            return out
+
+    def invalidate(self) -> None:
+        """Replan at the next ask (the capacity changed)."""
+        with self._lock:
+            self._dirty = True
+
+    def next_replan(self) -> datetime | None:
+        """When the periodic replan falls due (None: never planned)."""
+        return None if self._planned_at is None else self._planned_at + self.replan_interval
+
     def cap_for(self, key: Key, now: datetime, *, forced: bool = False) -> float | None:
         """The GPU power cap (W per GPU) to publish on the job's pods now, None for none: the
         plan's cap for the window holding ``now`` (carbon-aware), the static cap, or maxWatts
@@ -224,6 +245,9 @@ class PlanBoard:
         with self._lock:
             step = self.defaults.step
             step_s = step.total_seconds()
+            # the plan lives on the planning grid (slot 0 = the slot holding `now`): a replan
+            # that finds the same placement gives byte-identical windows, whenever it runs
+            real_now, now = now, grid_origin(now, step)
             max_slots = max(1, int(self.horizon.total_seconds() // step_s))
             capacity = self.capacity()
             hold = self._hold() if capacity is not None else 0
@@ -268,16 +292,20 @@ class PlanBoard:
                 s = series_by_zone[entry.req.zone]
                 windows = tuple((now + step * a, now + step * b) for a, b in p.runs)
                 sig = self.signals[entry.req.zone]
-                plans[key] = PlannedJob(windows, p.grams, p.run_now_grams, p.reason, s.source, s.estimate, now,
+                plans[key] = PlannedJob(windows, p.grams, p.run_now_grams, p.reason, s.source, s.estimate, real_now,
                                         sig.link, sig.fallback, p.at_risk, p.unplaceable)
                 if key in caps_of:
                     plans[key] = replace(plans[key], caps=caps_of[key])
                 self._basis[key] = _Basis(entry, _deadline_slots(entry.req, now, self.defaults) > max_slots)
+            for key, p in plans.items():
+                if _signature(self._plans.get(key)) != _signature(p):
+                    self._changed.add(key)
             self._plans = plans
             self._last_forecast = {z: (now, f) for z, f in forecasts.items()}
             self._estimate = {z: series_by_zone[z].estimate for z in forecasts}
             self._failures = failures
-            self._planned_at = now
+            self._planned_at = real_now
+            self._origin = now
             self._dirty = False
             self.stats.replans += 1
             self.stats.last_jobs = len(jobs)
@@ -288,11 +316,11 @@ class PlanBoard:
         """Plan only the jobs that have no plan yet, on the last replan's grid and forecasts and
         on the capacity the existing plans leave; the full replan follows after the gap.
         False when that is not possible (a zone without a cached forecast)."""
-        then = self._planned_at
+        then = self._origin
         step = self.defaults.step
         step_s = step.total_seconds()
         max_slots = max(1, int(self.horizon.total_seconds() // step_s))
-        offset = int(math.ceil((now - then).total_seconds() / step_s - 1e-9))
+        offset = int((now - then).total_seconds() // step_s)   # the slot holding now (it may start now)
         capacity = self.capacity()
         hold = self._hold() if capacity is not None else 0
         new: list[tuple[Key, shifting.JobSpec]] = []
@@ -329,6 +357,7 @@ class PlanBoard:
                                           sig.source if sig else "unknown", self._estimate.get(entry.req.zone, False),
                                           now, sig.link if sig else "provider", sig.fallback if sig else (),
                                           p.at_risk, p.unplaceable)
+            self._changed.add(key)
         self.stats.fill_ins += 1
         return True
 
@@ -364,14 +393,16 @@ class PlanBoard:
         return not plan.windows or plan.windows[0][0] >= now
 
 
-def cap_levels(entries: Mapping[Key, Entry], todo: list[tuple[Key, shifting.JobSpec]]) -> dict[str, tuple]:
-    """Cap levels of the carbon-aware jobs in ``todo``, by planner job name."""
-    out = {}
-    for key, j in todo:
-        cap = entries[key].req.cap if key in entries else None
-        if cap is not None and cap.mode == "carbonAware":
-            out[j.name] = cap.levels()
-    return out
+def _signature(p: PlannedJob | None) -> PlannedJob | None:
+    """A plan without its computation time: equal signatures, nothing to tell the job."""
+    return None if p is None else replace(p, computed_at=None)
+
+
+def grid_origin(now: datetime, step: timedelta) -> datetime:
+    """The start of the planning slot holding ``now`` (slots are aligned to the epoch)."""
+    step_s = step.total_seconds()
+    ts = now.timestamp()
+    return datetime.fromtimestamp(ts - (ts % step_s), now.tzinfo)
 
 
 def incumbent_slots(plans: Mapping[Key, PlannedJob], todo: list[tuple[Key, shifting.JobSpec]],
@@ -395,6 +426,16 @@ def incumbent_slots(plans: Mapping[Key, PlannedJob], todo: list[tuple[Key, shift
             runs.append((max(0, round(a)), round(b)))
         if runs:
             out[spec.name] = tuple(runs)
+    return out
+
+
+def cap_levels(entries: Mapping[Key, Entry], todo: list[tuple[Key, shifting.JobSpec]]) -> dict[str, tuple]:
+    """Cap levels of the carbon-aware jobs in ``todo``, by planner job name."""
+    out = {}
+    for key, j in todo:
+        cap = entries[key].req.cap if key in entries else None
+        if cap is not None and cap.mode == "carbonAware":
+            out[j.name] = cap.levels()
     return out
 
 
