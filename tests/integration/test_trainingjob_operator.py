@@ -221,3 +221,38 @@ async def test_a_quiet_window_costs_no_reconcile_and_no_write(api, kubeconfig, t
 async def _planned(api, name):
     st = await status_of(api, name)
     return st if (st.get("plan") or {}).get("plannedStart") else None
+
+
+def _gpus(n: int) -> list:
+    return [{"name": "train", "image": "trainer:1", "resources": {"limits": {"nvidia.com/gpu": n}}}]
+
+
+async def _condition(api, name, type_):
+    st = await status_of(api, name)
+    c = {c["type"]: c for c in st.get("conditions") or []}.get(type_)
+    return st if c and c["status"] == "True" else None
+
+
+async def test_capacity_verdicts_are_said_at_once(api, kubeconfig, tmp_path):
+    """GPU capacity 2: a 4-GPU job can never fit (Unplaceable); two 2-GPU non-interruptible
+    jobs of 20 s that must both finish within 24 s cannot both keep their deadline
+    (DeadlineAtRisk on one) — each a condition and one Warning Event, not a silent miss."""
+    t0 = grid_start()
+    intensity = write_intensity(tmp_path / "ci.csv", t0, STEP, [400.0] * 300)
+    env = operator_env(tmp_path, kubeconfig, intensity, gpu_capacity="2", tick_interval="600")
+    with run_operator(tmp_path, env) as op:
+        await api.create(TJ, training_job("huge", max_delay="2m", containers=_gpus(4)))
+        st = await wait_for("Unplaceable", lambda: _condition(api, "huge", "Unplaceable"), timeout=30, op=op)
+        assert "4 GPUs" in {c["type"]: c for c in st["conditions"]}["Unplaceable"]["message"]
+        for n in ("pair-a", "pair-b"):
+            await api.create(TJ, training_job(n, duration="20s", max_delay="4s", containers=_gpus(2)))
+
+        async def one_at_risk():
+            flagged = [n for n in ("pair-a", "pair-b") if await _condition(api, n, "DeadlineAtRisk")]
+            return flagged or None
+
+        flagged = await wait_for("DeadlineAtRisk on one of the pair", one_at_risk, timeout=30, op=op)
+        assert len(flagged) == 1, flagged
+        warned = {e["reason"] for n in ("huge", *flagged) for e in api.posted_events(n) if e.get("type") == "Warning"}
+        assert {"Unplaceable", "DeadlineAtRisk"} <= warned, warned
+        assert op.alive()

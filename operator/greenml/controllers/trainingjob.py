@@ -317,6 +317,19 @@ def write_status(body, status, patch: Patch, req, outcome: Outcome, plan, failur
                     conds.append(condition(type_, True, reason, msg, now, generation, prev))
                 elif type_ == "SignalKindChanged" and (on or any(c.get("type") == type_ for c in prev or [])):
                     conds.append(condition(type_, on, reason, msg, now, generation, prev))
+        # capacity verdicts of the planner (planning.capacity): said at once, never a silent miss
+        for type_, on, reason, msg in (
+                ("Unplaceable", plan.unplaceable, "ExceedsCapacity",
+                 f"needs {req.gpus} GPUs, more than the cluster's capacity: it cannot run until the cluster grows"),
+                ("DeadlineAtRisk", plan.at_risk and not plan.unplaceable, "CapacityConflict",
+                 f"no schedule within the GPU capacity meets its deadline {format_time(req.deadline)} "
+                 "together with the work already admitted")):
+            was = any(c.get("type") == type_ and c.get("status") == "True" for c in prev or [])
+            if on or any(c.get("type") == type_ for c in prev or []):
+                conds.append(condition(type_, on, reason if on else "Fits", msg if on else "fits the capacity",
+                                       now, generation, prev))
+            if on and not was:
+                post_event(body, True, type_, msg)
         if req.budget_grams is not None and plan.expected_grams > req.budget_grams:
             conds.append(condition("OverBudget", True, "OverBudget",
                                    f"expected {plan.expected_grams:.0f} g exceeds budgetGrams {req.budget_grams:.0f} g",
