@@ -218,3 +218,11 @@ def test_online_all_known_at_once_never_late_when_the_exact_check_says_feasible(
     horizon = max(j.latest_end for j in jobs) + 2
     out = _online(placeable, f, cap, horizon)
     assert all(met and not flagged for met, flagged in out.values()), out
+
+
+def test_a_running_job_the_capacity_shrank_under_keeps_its_running_prefix():
+    """Found by the shape property: a running interruptible job asking for more GPUs than the
+    capacity now has dropped out of the plans altogether (its failure was overwritten)."""
+    j = JobSpec("j0", remaining=2, latest_end=4, gpus=2, power_kw=1.0, interruptible=True, pinned=1)
+    p, = plan([j], np.array([0.0]), step_hours=1.0, capacity_gpus=1.0)
+    assert p.runs and p.runs[0][0] == 0 and p.at_risk and not p.unplaceable      # it keeps running

@@ -541,7 +541,10 @@ def _plan_capacity(jobs: Sequence[JobSpec], zones: Mapping[str, _Zone], step_hou
         out: _Placed = {}
         for i in late:
             got = first.fit(replace(jobs[i], latest_end=horizon, max_intensity=None))
-            runs = got[0] if got is not None else ()
+            if got is not None:
+                runs = got[0]
+            else:    # running work is never stopped (even over the capacity); else no room yet
+                runs = base_planner.forced(jobs[i])[0] if jobs[i].pinned else ()
             p.take(jobs[i], runs)
             out[i] = (runs, reason)
         return out
@@ -559,11 +562,12 @@ def _plan_capacity(jobs: Sequence[JobSpec], zones: Mapping[str, _Zone], step_hou
     placed, failed = _greedy_pass(planner, jobs, running)
     late_plans = place_late(planner, doomed, DEADLINE_FORCED)
     if proven:
-        failed = list(order)
+        failed = [i for i in order if i not in placed]
     else:
         started = set(running)
-        more, failed = _greedy_pass(planner, jobs, [i for i in order if i not in started])
+        more, rest_failed = _greedy_pass(planner, jobs, [i for i in order if i not in started])
         placed.update(more)
+        failed += rest_failed
     if failed:
         # 2. repair: a witness for as many deadlines as possible; late jobs get what it leaves
         witness, failed = _witness(jobs, order, (placed, failed), zones, fresh, incumbent, asap, proven)
