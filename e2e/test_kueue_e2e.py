@@ -333,3 +333,36 @@ async def test_the_controller_step_on_real_kueue_objects(kube, kueue_namespace, 
     assert ev.decision.state == kq.READY
     kube.apply_workload_check(ev.patch)
     await wait_for("the Job completes", lambda: job_done(kube, ns, "stepped"), 60)
+
+
+async def test_the_operator_holds_a_queued_job_until_its_carbon_window(kube, kueue_namespace, checked_queues, tmp_path):
+    """`greenml run` with GREENML_KUEUE_ENABLED: the operator itself marks the AdmissionCheck
+    Active, plans the queued Job's Workload on the ClusterQueue's board (8 GPUs of quota) on
+    the intensity file — dirty for the first 12 s, clean after — sets the check Pending with
+    the planned start while it is dirty (the Job stays suspended: Kueue does not admit it), and
+    Ready when the window opens: Kueue admits it, it runs on the kwok GPU nodes and completes."""
+    import json as _json
+
+    from e2e.test_trainingjob_e2e import grid_start, operator_on
+    from tests.integration.harness import run_operator
+
+    ns, queues = kueue_namespace, checked_queues
+    check = queues["check"]
+    t0 = grid_start()
+    env = operator_on(tmp_path, ns, t0, [400.0] * 6 + [40.0] * 300, kueue_enabled="true", kueue_interval="1",
+                      zone_map=_json.dumps({"europe-west3": "DE"}))
+    with run_operator(tmp_path, env) as op:
+        await wait_for("the check marked Active by the operator", lambda: cq_active(kube, queues["cq"]), 30, op=op)
+        kube.create_job(job_manifest("carbon", ns, gpus=2, run_for="4s",
+                                     **{kq.ANN_ESTIMATED_DURATION: "4s", kq.ANN_MAX_DELAY: "2m"}))
+        wl = await wait_for("the check Pending with the planned start", lambda: (
+            (w := workload_of(kube, ns, "carbon")) and "planned start" in (kq.observe(w, check).check_message or "")
+            and kq.observe(w, check).check_state == kq.PENDING and w), 30, op=op)
+        assert datetime.now(timezone.utc) < t0 + timedelta(seconds=12), "the window was already open"
+        assert not condition(wl, "Admitted") and kube.get_job(ns, "carbon")["spec"]["suspend"] is True
+        await wait_for("the check Ready in the window", lambda: kq.observe(workload_of(kube, ns, "carbon"), check)
+                       .check_state == kq.READY, 40, op=op)
+        assert datetime.now(timezone.utc) >= t0 + timedelta(seconds=10), "Ready before the window"
+        await wait_for("Workload admitted", lambda: condition(workload_of(kube, ns, "carbon"), "Admitted"), 30, op=op)
+        await wait_for("the Job completes", lambda: job_done(kube, ns, "carbon"), 60, op=op)
+        assert op.alive()

@@ -110,6 +110,10 @@ class Settings(BaseSettings):
                                          description="kopf peering priority; None: derived from the pod name")
     peering_lifetime: int = Field(default=60, ge=2, le=3600,
                                   description="seconds a replica's keep-alive counts; a killed leader is replaced after this")
+    kueue_enabled: bool = Field(default=False, description=(
+        "run Kueue's carbon-window AdmissionCheck controller (controllerName greenml.io/carbon-window; docs/kueue.md)"))
+    kueue_interval: float = Field(default=30.0, gt=0, description=(
+        "seconds between passes over Kueue Workloads when no decision falls due sooner"))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 

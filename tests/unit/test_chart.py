@@ -38,6 +38,12 @@ EXPECTED_RULES = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
     ("", "namespaces"): {"list", "watch"},
 }
+KUEUE_RULES = {   # kueue.enabled: the carbon-window AdmissionCheck
+    **{("kueue.x-k8s.io", r): {"get", "list", "watch"}
+       for r in ("admissionchecks", "clusterqueues", "localqueues", "resourceflavors", "workloads")},
+    ("kueue.x-k8s.io", "admissionchecks/status"): {"get", "patch"},
+    ("kueue.x-k8s.io", "workloads/status"): {"get", "patch"},
+}
 LEASE_RULES = [   # HA: the leader-election Lease, in the release namespace only
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["greenml"],
@@ -158,7 +164,8 @@ def test_rbac_has_no_wildcards_and_no_cluster_wide_secrets(helm, variant):
 
 def test_cluster_role_is_exactly_what_the_operator_uses(helm):
     assert rules_of(the(render(helm), "ClusterRole")) == EXPECTED_RULES
-    assert rules_of(the(render(helm, "-f", str(ALL_ON)), "ClusterRole")) == EXPECTED_RULES   # the Lease is in a Role (namespaced), not here
+    # the Lease and the Kueue defaults are in Roles (namespaced); Kueue's queues and Workloads here
+    assert rules_of(the(render(helm, "-f", str(ALL_ON)), "ClusterRole")) == EXPECTED_RULES | KUEUE_RULES
     scoped = rules_of(the(render(helm, "--set", "operator.watchNamespace=ml"), "ClusterRole"))
     assert ("", "namespaces") not in scoped
 
@@ -302,3 +309,18 @@ def test_bad_values_are_rejected_with_the_field(helm, setting, message):
 def test_values_readme_is_up_to_date():
     proc = subprocess.run([sys.executable, str(CHART / "gen_readme.py"), "--check"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_kueue_turns_on_the_admission_check_controller_with_its_rbac(helm):
+    off = render(helm)
+    env_off = {e["name"] for e in the(off, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "GREENML_KUEUE_ENABLED" not in env_off
+    assert not [r for r in the(off, "ClusterRole")["rules"] if "kueue.x-k8s.io" in r["apiGroups"]]
+    docs = render(helm, "--set", "kueue.enabled=true")
+    env = {e["name"]: e.get("value") for e in the(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["GREENML_KUEUE_ENABLED"] == "true"
+    rules = [r for r in the(docs, "ClusterRole")["rules"] if "kueue.x-k8s.io" in r["apiGroups"]]
+    assert {"get", "list", "watch"} == set(rules[0]["verbs"]) and "workloads" in rules[0]["resources"]
+    assert set(rules[1]["resources"]) == {"admissionchecks/status", "workloads/status"} and "patch" in rules[1]["verbs"]
+    role = [r for r in find(docs, "Role") if r["metadata"]["name"].endswith("-kueue-defaults")]
+    assert role and role[0]["metadata"]["namespace"] == NAMESPACE and role[0]["rules"][0]["verbs"] == ["get"]

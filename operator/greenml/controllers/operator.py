@@ -95,6 +95,11 @@ def start_loop(ctx: Context) -> None:
         "InferenceBudget": lambda key: inferencebudget.reconcile_key(ctx, key),
         "Board": lambda key: replan_board(ctx),
     }
+    if ctx.settings.kueue_enabled:
+        from greenml.controllers import kueue
+
+        loop.handlers["Kueue"] = lambda key: asyncio.to_thread(kueue.step, ctx)
+        loop.schedule(kueue.KEY, ctx.clock())
     loop.on_error = lambda key, exc: reconcile_failed(ctx, key, exc)
     tasks = ctx.extras.setdefault("tasks", [])
     if ctx.settings.peering:
@@ -115,6 +120,8 @@ def leadership_changed(ctx: Context, leading: bool) -> None:
             for ns, name in ctx.store.keys(kind):
                 ctx.loop.wake((kind, ns, name))
         ctx.loop.wake(BOARD)
+        if ctx.settings.kueue_enabled:
+            ctx.loop.wake(("Kueue", "", ""))
     ctx.loop.kick()
 
 

@@ -154,6 +154,10 @@ class PlanBoard:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def keys(self) -> list[Key]:
+        with self._lock:
+            return list(self._entries)
+
     def capacity(self) -> float | None:
         c = self._capacity
         return c() if callable(c) else c
