@@ -66,6 +66,9 @@ SPECS: tuple[MetricSpec, ...] = (
                "Highest forecast intensity over the planning horizon (gCO2e/kWh)", ("zone", "source", "kind")),
     MetricSpec("signals_degraded", "gauge",
                "1 while the zone's forecast comes from a fallback link after a failure, else 0", ("zone", "link")),
+    MetricSpec("signal_kind_changed", "gauge",
+               "1 while the zone's intensity is of another kind than its provider's (a marginal signal replaced "
+               "by an average profile), else 0", ("zone", "kind", "provider_kind")),
     MetricSpec("provider_errors_total", "counter",
                "Carbon-signal failures by provider and reason (Timeout, Unauthorized, RateLimited, …)",
                ("provider", "reason")),
@@ -112,6 +115,7 @@ class Metrics:
         self._phases: dict[tuple[str, str, str], set[str]] = {}
         self._zone_labels: dict[str, tuple[str, str]] = {}
         self._degraded: dict[str, str] = {}
+        self._kinds: dict[str, tuple[str, str]] = {}
         self._variants: dict[tuple[str, str], str] = {}
         self._counterfactual: dict[tuple[str, str, str], str] = {}
         self._replans_seen = 0
@@ -148,6 +152,15 @@ class Metrics:
                 _remove(self._m["signals_degraded"], zone, old)
             self._degraded[zone] = link
         self._m["signals_degraded"].labels(zone, link).set(1 if failures else 0)
+
+    def kind_changed(self, zone: str, kind: str, provider_kind: str) -> None:
+        """The kind served vs the provider's (signals.chain.SignalInfo): one series per zone."""
+        with self._lock:
+            old = self._kinds.get(zone)
+            if old is not None and old != (kind, provider_kind):
+                _remove(self._m["signal_kind_changed"], zone, *old)
+            self._kinds[zone] = (kind, provider_kind)
+        self._m["signal_kind_changed"].labels(zone, kind, provider_kind).set(1 if kind != provider_kind else 0)
 
     def forecast_unavailable(self, zone: str, reason: str, failures: Sequence[Mapping[str, str]] = ()) -> None:
         for f in failures:
@@ -268,6 +281,9 @@ def record_board(metrics: Metrics, board) -> None:
     for zone, sig in dict(board.signals).items():
         metrics.zone_intensity(zone, sig.source, sig.kind, sig.now, sig.min, sig.max)
         metrics.zone_link(zone, sig.link, [{"link": link, "reason": reason} for link, reason in sig.fallback])
+        if getattr(sig, "info", None) is not None:
+            labels = sig.info.labels()
+            metrics.kind_changed(zone, labels["kind"], labels["provider_kind"])
     for zone, failure in board.failures().items():
         metrics.forecast_unavailable(zone, failure.reason)
 

@@ -25,6 +25,7 @@ from greenml.services.board import grid_origin
 from greenml.services import inferencebudget as svc
 from greenml.services.trainingjob import InvalidSpec
 from greenml.signals.base import SignalError
+from greenml.signals.chain import describe
 from greenml.timeutil import format_time
 
 log = logging.getLogger("greenml.inferencebudget")
@@ -85,13 +86,16 @@ def read_signals(ctx: Context, zone: str, spec, model, deployment: Mapping[str, 
         forecast = series.resample(now, step, n)
         current = float(forecast[0])
         source = f"{series.source}{' (estimate)' if series.estimate else ''}"
-        link = series.meta.get("link") if isinstance(series.meta, dict) else None
-        if link and link not in ("provider", "primary"):
-            failed = series.meta.get("fallback") or []
-            # the failing link's reason (as TrainingJobs report it), and who served after what
-            degraded = failed[0]["reason"] if failed else f"Fallback:{link}"
-            if failed:
-                source += f" via the {link} link after: " + "; ".join(f"{f['link']}: {f['reason']}" for f in failed)
+        info = describe(series)
+        # the failing link's reason (as TrainingJobs report it), or a fallback of another kind (a
+        # marginal signal replaced by an average one): never silent. (A forecast shorter than the
+        # period is the rule for a budget — a day or a month — not a degradation.)
+        degraded = (info.degraded_reason if info.degraded_reason != "ShortForecast" else None) \
+            or ("KindChanged" if info.kind_changed else None)
+        if info.fallback:
+            source += f" via the {info.link} link after: " + "; ".join(f"{l}: {r}" for l, r in info.fallback)
+        if info.kind_changed:
+            source += f" ({info.kind} standing in for the provider's {info.provider_kind} signal)"
     except SignalError as exc:
         failed = getattr(exc, "failures", None) or []
         # the provider's reason, not the last link's (the embedded profile's UnknownZone)
