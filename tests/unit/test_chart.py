@@ -33,6 +33,7 @@ EXPECTED_RULES = {
     ("apps", "deployments"): {"get", "list", "watch", "patch"},
     ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch", "patch"},
     ("", "nodes"): {"get", "list", "watch"},
+    ("", "pods"): {"list", "patch"},    # the GPU power cap annotation on a TrainingJob's pods
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},

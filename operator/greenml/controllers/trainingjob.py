@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Mapping
 
@@ -24,10 +24,13 @@ from greenml.controllers.context import Context
 from greenml.controllers.loop import NEVER, Patch, post_event, reconcile_object, watch_event
 from greenml.controllers.operator import accounting_of, metrics_of
 from greenml.metrics import record_board, record_trainingjob
-from greenml.kube import ApiError, Conflict
+from greenml.kube import ApiError, Conflict, NotFound
+from greenml.kube.client import FIELD_MANAGER
+from greenml.planning.power import window_caps
 from greenml.services.trainingjob import (
-    LABEL_MANAGED_BY, LABEL_OWNER, MANAGED_BY, InvalidSpec, JobObservation, Outcome, Progress,
-    check_feasible, decide, job_manifest, job_name, next_wakeup, owned_by, resolve,
+    LABEL_MANAGED_BY, LABEL_OWNER, MANAGED_BY, InvalidSpec, JobObservation, Outcome, Progress, capped_view,
+    carried_cap, check_feasible, decide, job_manifest, job_name, next_wakeup, owned_by, persist_capped,
+    pods_signature, pods_to_cap, power_cap_annotation, resolve,
 )
 from greenml.timeutil import format_time
 
@@ -96,6 +99,7 @@ def forget(ctx: Context, ns: str, name: str) -> None:
     ctx.loop.forget((KIND, ns, name))
     ctx.board.forget(key)
     ctx.extras.get("measured", {}).pop(key, None)
+    ctx.extras.get(CAPS, {}).pop(key, None)
     metrics_of(ctx).forget(ns, name, KIND)
 
 
@@ -197,18 +201,28 @@ async def reconcile(ctx: Context, body: Mapping[str, Any], status: Mapping[str, 
     observed = JobObservation.from_job(job)
     # our persisted intent says whether the job runs; the Job is brought in line with it
     intended = replace(observed, suspended=progress.running_since is None) if observed.exists else observed
+    # carbon-aware power caps: the open run segment counts at the speed of the cap it runs under
+    # (and minRunDuration from the run's start, not from the last change of cap)
+    ran, run_start, pods = (await asyncio.to_thread(segment_cap, ctx, req, progress, job)
+                            if carbon_aware(req) and progress.running_since is not None else (None, None, None))
+    speed = req.cap.level(ran).speed if carbon_aware(req) else 1.0
+    view = capped_view(progress, speed, now, run_start)
 
     windows, plan, failure = None, None, None
     if not (observed.succeeded or observed.failed):
-        ctx.board.observe(req, progress, running=progress.running_since is not None)
+        ctx.board.observe(req, view, running=progress.running_since is not None)
         plan, failure = await asyncio.to_thread(ctx.board.plan_for, req.key, now)
         windows = list(plan.windows) if plan else None
     else:
         ctx.board.forget(req.key)
-    outcome = decide(req, progress, intended, windows, now, ctx.defaults, plan_reason=plan.reason if plan else None)
+    outcome = decide(req, view, intended, windows, now, ctx.defaults, plan_reason=plan.reason if plan else None)
+    outcome = persist_capped(req, progress, view, outcome, speed, now)
+    if carbon_aware(req):
+        outcome = await asyncio.to_thread(publish_cap, ctx, req, progress, outcome, observed, job,
+                                          (ran, run_start, pods), speed, now)
 
     try:
-        await asyncio.to_thread(apply, ctx, req, body, outcome, observed, job)
+        await asyncio.to_thread(apply, ctx, req, body, outcome, observed, job, now)
     except JobNameTaken:
         name_conflict(body, status, patch, job_name(name), now, generation)
         return now + NAME_CONFLICT_RETRY
@@ -257,13 +271,109 @@ def measure(ctx: Context, req, outcome: Outcome, now: datetime) -> tuple[float, 
     return value
 
 
+# ------------------------------------------------------------------ GPU power caps (docs/power-caps.md)
+CAPS = "power_caps"      # ctx.extras: (namespace, name) → PublishedCap of a running carbon-aware job
+
+
+@dataclass(frozen=True)
+class PublishedCap:
+    """The cap published on a running job's pods (None: none), and ``pods_signature`` of its
+    Job then. Kept in memory only (status has no field for it): after a restart the pods'
+    own annotations say what was published, and the cap is published again."""
+
+    watts: float | None
+    pods: tuple
+    since: datetime | None       # the run segment it was published for (progress.runningSince)
+    run_start: datetime | None   # when the run began: a change of cap rebases the segment, not the run
+
+
+def carbon_aware(req) -> bool:
+    return req.cap is not None and req.cap.mode == "carbonAware"
+
+
+def _whole(t: datetime | None) -> datetime | None:
+    return t.replace(microsecond=0) if t is not None else None
+
+
+def _list_pods(ctx: Context, req) -> list[dict[str, Any]] | None:
+    try:
+        return ctx.kube.list_pods(req.namespace, f"job-name={job_name(req.name)}")
+    except ApiError as exc:
+        log.warning("could not list the pods of %s/%s: %s", req.namespace, job_name(req.name), exc)
+        return None
+
+
+def segment_cap(ctx: Context, req, progress: Progress,
+                job: Mapping[str, Any] | None) -> tuple[float | None, datetime | None, list | None]:
+    """The cap the job's open run segment runs under and when its run began — as published for
+    it; else (a restart, a segment another replica opened) what its pods (else its pod
+    template) carry, the run taken to begin with the segment — and the pods when they had to
+    be listed for it."""
+    last = ctx.extras.get(CAPS, {}).get(req.key)
+    if last is not None and _whole(last.since) == _whole(progress.running_since):   # status keeps seconds
+        return last.watts, last.run_start, None
+    pods = _list_pods(ctx, req)
+    return carried_cap(pods or [], job_name(req.name), job), progress.running_since, pods
+
+
+def publish_cap(ctx: Context, req, before: Progress, outcome: Outcome, observed: JobObservation,
+                job: Mapping[str, Any] | None, segment: tuple, speed: float, now: datetime) -> Outcome:
+    """While a carbon-aware job runs, the cap of now (``PlanBoard.cap_for``) on each of its
+    pods (the pod template of a running Job cannot change): merge-patched where a pod carries
+    another, when the cap changed since it was last published, the Job may have new pods, or
+    after a restart. A run segment whose cap changes is rebased (counted at its old cap's
+    speed up to now). A failed write is logged and tried again next time, never an error of
+    the job. ``segment``: ``segment_cap``'s answer. Returns the outcome, with the rebased
+    progress."""
+    ran, run_start, pods = segment
+    caps = ctx.extras.setdefault(CAPS, {})
+    prog = outcome.progress
+    if prog.running_since is None or not observed.exists or outcome.phase in FINAL:
+        caps.pop(req.key, None)
+        return outcome
+    want = ctx.board.cap_for(req.key, now, forced=outcome.reason == "DeadlineForced")
+    if before.running_since is not None and prog.running_since == before.running_since:
+        run_start = run_start or before.running_since       # the same run goes on
+        if want != ran:
+            prog = prog.rebase(_whole(now), speed)          # on the second, as status keeps it
+            outcome = replace(outcome, progress=prog)
+    else:
+        run_start = prog.running_since                       # a run (or, after a stall, its count) begins now
+    published = PublishedCap(want, pods_signature(job, prog.runs), prog.running_since, run_start)
+    if caps.get(req.key) == published:
+        return outcome
+    unpublished = replace(published, pods=("unpublished",))   # the segment runs at it; the pods get it next time
+    pods = pods if pods is not None else _list_pods(ctx, req)
+    if pods is None:
+        caps[req.key] = unpublished
+        return outcome
+    name = job_name(req.name)
+    try:
+        for pod in pods_to_cap(pods, name, want):
+            try:
+                ctx.kube.annotate_pod(req.namespace, pod, power_cap_annotation(want), field_manager=FIELD_MANAGER)
+            except NotFound:
+                continue
+            log.info("GPU power cap %s on pod %s/%s (TrainingJob %s)", f"{want:g} W" if want is not None else "removed",
+                     req.namespace, pod, req.name)
+    except ApiError as exc:
+        log.warning("could not publish the GPU power cap on the pods of %s/%s: %s", req.namespace, name, exc)
+        caps[req.key] = unpublished
+        return outcome
+    caps[req.key] = published
+    return outcome
+
+
 def apply(ctx: Context, req, body: Mapping[str, Any], outcome: Outcome, observed: JobObservation,
-          job: Mapping[str, Any] | None) -> None:
-    """Bring the Job in line with the decision (idempotent)."""
+          job: Mapping[str, Any] | None, now: datetime | None = None) -> None:
+    """Bring the Job in line with the decision (idempotent). A Job is created with the GPU
+    power cap of now on its pod template (for the node agent; docs/power-caps.md)."""
     kube = ctx.kube
     name = job_name(req.name)
     if outcome.action == "create":
-        manifest = job_manifest(req, body["spec"]["template"])
+        cap = (ctx.board.cap_for(req.key, now or ctx.clock(), forced=outcome.reason == "DeadlineForced")
+               if req.cap is not None else None)
+        manifest = job_manifest(req, body["spec"]["template"], power_cap_watts=cap)
         try:
             created = kube.create_job(manifest)
             if created.get("metadata"):                  # the store holds it until the watch does
@@ -291,7 +401,8 @@ def write_status(body, status, patch: Patch, req, outcome: Outcome, plan, failur
         src = f"{plan.source}{' (estimate)' if plan.estimate else ''}"
         conds.append(condition("Planned", True, plan.reason, f"planned on the {src} forecast", now, generation, prev))
         patch.status["plan"] = {
-            "windows": [{"start": format_time(s), "end": format_time(e)} for s, e in plan.windows],
+            "windows": [{"start": format_time(s), "end": format_time(e), **({"capWatts": c} if c is not None else {})}
+                        for (s, e), c in zip(plan.windows, window_caps(req.cap, plan.windows, plan.caps))],
             "plannedStart": format_time(plan.planned_start) if plan.planned_start else None,
             "latestStart": format_time(outcome.latest_start),
             "expectedGrams": round(plan.expected_grams, 3),

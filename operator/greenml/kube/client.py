@@ -189,18 +189,26 @@ class Kube:
         nodes = self.request("GET", path_for("v1", "nodes"), "list Nodes").get("items") or []
         return sum(node_gpus(n) for n in nodes)
 
-    # ---------------------------------------------------------------- Pods (the node agent)
+    # ---------------------------------------------------------------- Pods (the node agent; the operator's caps)
     def list_node_pods(self, node: str) -> list[dict[str, Any]]:
         """The pods scheduled on one node (field selector spec.nodeName)."""
         return self.request("GET", path_for("v1", "pods"), f"list Pods on node {node}",
                             params={"fieldSelector": f"spec.nodeName={node}"}).get("items") or []
 
-    def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> dict[str, Any]:
-        """Set (or, with None, remove) annotations of one pod by merge patch; nothing else."""
+    def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str | None], *,
+                     field_manager: str = AGENT_FIELD_MANAGER) -> dict[str, Any]:
+        """Set (or, with None, remove) annotations of one pod by merge patch; nothing else.
+        (The agent writes its report; the operator, as ``FIELD_MANAGER``, the cap it publishes.)"""
         return self.request("PATCH", path_for("v1", "pods", namespace, name), f"annotate Pod {namespace}/{name}",
                             body={"metadata": {"annotations": dict(annotations)}},
-                            params={"fieldManager": AGENT_FIELD_MANAGER},
+                            params={"fieldManager": field_manager},
                             content_type="application/merge-patch+json")
+
+    def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        """The pods of one namespace matching a label selector (callers filter again: the
+        emulator ignores selectors)."""
+        return self.request("GET", path_for("v1", "pods", namespace), f"list Pods in {namespace} ({label_selector})",
+                            params={"labelSelector": label_selector}).get("items") or []
 
     # ---------------------------------------------------------------- any object
     def get(self, api_version: str, plural: str, namespace: str | None, name: str) -> dict[str, Any] | None:

@@ -496,7 +496,8 @@ def cap_to_publish(policy: CapPolicy | None, windows: Sequence[tuple[datetime, d
 
     - no cap policy: none;
     - static: always that cap (the plan already runs the slower job);
-    - carbon-aware: the planned window's cap; when the deadline forces the run (or there is no
+    - carbon-aware: the planned window's cap (``window_caps``: maxWatts for a plan that sets
+      none); outside the windows, and when the deadline forces the run (or there is no
       plan: no forecast), maxWatts (none when that is the GPU's limit) — the pace the job's
       duration was planned at, so a forced run is never slower than planned.
     """
@@ -506,7 +507,25 @@ def cap_to_publish(policy: CapPolicy | None, windows: Sequence[tuple[datetime, d
         return policy.max_watts
     if forced or not windows:
         return policy.top_watts
-    return level_at(windows, caps, now) if any(s <= now < e for s, e in windows) else policy.top_watts
+    for (s, e), cap in zip(windows, window_caps(policy, windows, caps)):
+        if s <= now < e:
+            return cap
+    return policy.top_watts
+
+
+def window_caps(policy: CapPolicy | None, windows: Sequence[tuple[datetime, datetime]],
+                caps: Sequence[float | None]) -> tuple[float | None, ...]:
+    """The cap (W per GPU, None: uncapped) each planned window runs at — what
+    ``cap_to_publish`` publishes inside it, and status shows as ``capWatts``: the plan's own
+    caps; a static cap; maxWatts for a carbon-aware job whose plan sets none (the plain plan,
+    kept when no capped plan emits less, is the job run at maxWatts)."""
+    if policy is None:
+        return (None,) * len(windows)
+    if policy.mode == "static":
+        return (policy.max_watts,) * len(windows)
+    if caps and len(caps) == len(windows):
+        return tuple(caps)
+    return (policy.top_watts,) * len(windows)
 
 
 def work_seconds(wall: timedelta, cap_watts: float | None, policy: CapPolicy | None) -> float:

@@ -11,6 +11,7 @@ that runs in clusters:
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Callable, Mapping, Sequence
@@ -443,6 +444,101 @@ def power_cap_annotation(watts: float | None) -> dict[str, str | None]:
     """The pod annotation that asks the node agent for a cap (None: remove it, i.e. uncapped);
     as a merge patch: ``{"metadata": {"annotations": power_cap_annotation(w)}}`` on each pod."""
     return {CAP_ANNOTATION: None if watts is None else f"{watts:g}"}
+
+
+#: the labels the Job controller puts on a Job's pods (both today; ``job-name`` is the older)
+JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
+
+
+def job_pods(pods: Sequence[Mapping[str, Any]], job: str) -> list[Mapping[str, Any]]:
+    """The live pods of the Job named ``job`` among ``pods`` (a list of one namespace's pods),
+    by their job-name label — the list may hold others: the emulator ignores label selectors;
+    finished pods and pods being deleted are left out."""
+    out = []
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        if not any(labels.get(k) == job for k in JOB_NAME_LABELS) or meta.get("deletionTimestamp"):
+            continue
+        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        out.append(pod)
+    return out
+
+
+def pods_to_cap(pods: Sequence[Mapping[str, Any]], job: str, watts: float | None) -> list[str]:
+    """Names of the Job's live pods whose cap annotation is not the one to publish (``watts``,
+    None: no annotation): each gets ``{"metadata": {"annotations": power_cap_annotation(watts)}}``."""
+    want = power_cap_annotation(watts)[CAP_ANNOTATION]
+    return [(p.get("metadata") or {}).get("name") for p in job_pods(pods, job)
+            if ((p.get("metadata") or {}).get("annotations") or {}).get(CAP_ANNOTATION) != want]
+
+
+def parse_cap(value: Any) -> float | None:
+    """A cap annotation's watts (None: absent or not a positive number, i.e. uncapped)."""
+    try:
+        watts = float(value)
+    except (TypeError, ValueError):
+        return None
+    return watts if math.isfinite(watts) and watts > 0 else None
+
+
+def carried_cap(pods: Sequence[Mapping[str, Any]], job: str, job_obj: Mapping[str, Any] | None) -> float | None:
+    """The cap a Job's pods carry — what was published for the run now open, read back after a
+    restart: the first live pod's annotation, else the Job's pod template's (None: uncapped)."""
+    live = job_pods(pods, job)
+    if live:
+        return parse_cap(((live[0].get("metadata") or {}).get("annotations") or {}).get(CAP_ANNOTATION))
+    template = ((job_obj or {}).get("spec") or {}).get("template") or {}
+    return parse_cap(((template.get("metadata") or {}).get("annotations") or {}).get(CAP_ANNOTATION))
+
+
+def pods_signature(job: Mapping[str, Any] | None, runs: int) -> tuple:
+    """What of the Job tells that it may have pods a published cap has not reached: its uid,
+    the run (a resumed Job makes new pods from its template) and its pod counts (a replaced
+    pod) — a change means listing its pods again."""
+    meta, st = (job or {}).get("metadata") or {}, f.mapping((job or {}).get("status"))
+    return (meta.get("uid"), runs, st.get("active"), st.get("ready"), st.get("failed"), st.get("succeeded"))
+
+
+def capped_view(progress: Progress, speed: float, now: datetime, run_start: datetime | None = None) -> Progress:
+    """A carbon-aware job's progress as ``decide()`` and the board are to see it: the open run
+    segment counted at ``speed`` (work per wall second at the cap it runs under:
+    ``CapPolicy.level(cap).speed``) and, when the segment was opened by a rebase (its cap
+    changed) after the run began at ``run_start``, the run's start as ``running_since`` —
+    minRunDuration counts from there, the work done stays the same. So the remaining work and
+    the latest safe start stay true under a cap. Never persisted (``run_seconds`` may be below
+    zero); ``persist_capped`` turns ``decide()``'s answer back."""
+    rs = progress.running_since
+    if rs is None:
+        return progress
+    deficit = (now - rs).total_seconds() * (1.0 - min(1.0, max(0.0, speed))) if now > rs else 0.0
+    shift = (rs - run_start).total_seconds() if run_start is not None and run_start < rs else 0.0
+    if deficit <= 0 and shift <= 0:
+        return progress
+    return replace(progress, run_seconds=progress.run_seconds - deficit - shift,
+                   running_since=rs - timedelta(seconds=shift))
+
+
+def persist_capped(req: JobRequirements, before: Progress, view: Progress, outcome: "Outcome", speed: float,
+                   now: datetime) -> "Outcome":
+    """``decide()``'s answer on ``capped_view(before, …)`` in the terms status keeps: a segment
+    still open stays as it was (counted in wall time from its own start; the controller
+    rebases it when its cap changes, ``Progress.rebase``); one that ``decide()`` closed
+    (paused, finished, stalled, vanished) counts at ``speed`` up to where it closed —
+    ``before.rebase(end, speed).closed(end)``."""
+    if view is before:
+        return outcome
+    after = outcome.progress
+    if after.running_since == view.running_since:
+        kept = replace(after, running_since=before.running_since,
+                       run_seconds=after.run_seconds + before.run_seconds - view.run_seconds)
+        return replace(outcome, progress=kept)
+    # wall time of the closed segment: from its own start (not the run's) to where decide() closed it
+    ahead = (before.running_since - view.running_since).total_seconds()
+    wall = max(0.0, after.run_seconds - view.run_seconds - ahead)
+    prog = replace(after, run_seconds=min(MAX_RUN_SECONDS, before.run_seconds + wall * min(1.0, max(0.0, speed))))
+    return replace(outcome, progress=prog, remaining=remaining_work(req, prog, now))
 
 
 def owned_by(job: Mapping[str, Any], req: JobRequirements) -> bool:
