@@ -479,8 +479,10 @@ async def test_unknown_zone_fails_open_at_latest_safe_start(api, kubeconfig, tmp
         assert started >= created_at + timedelta(seconds=6), "started before the latest safe start with no forecast"
         st = await wait_for("Running", lambda: _phase(api, "nozone", "Running"), op=op)
         # started for its deadline (the decision after it, seen running, says just Running)
-        starts = [e for e in api.posted_events("nozone") if e.get("reason") == "Start"]
-        assert starts and "latest safe start" in starts[0]["message"], api.posted_events("nozone")
+        # (the Event is posted right after the status write)
+        starts = await wait_for("the Start Event", lambda: [e for e in api.posted_events("nozone")
+                                                            if e.get("reason") == "Start"], timeout=10, op=op)
+        assert "latest safe start" in starts[0]["message"], starts
         assert started + timedelta(seconds=4) <= parse(st["deadline"]) + timedelta(seconds=1.5)
 
 

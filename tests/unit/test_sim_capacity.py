@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from greenml.cli import main
 from greenml.commands.simulate import EXIT_AVOIDABLE_MISS
 from greenml.planning import capacity as cp
 from greenml.signals.base import IntensitySeries
+from tests.conftest import SHARED_DATA
 from greenml.sim import forecasts
 from greenml.sim.jobs import SimJob
 from greenml.sim.shifting import JobState, SimPolicy, _offline_specs, simulate, to_requirements, usage_profile
@@ -22,7 +22,7 @@ from tests.unit.test_sim_cli import JOBS, write_intensity
 pytest.importorskip("scipy", reason="the exact MILP needs the 'exact' extra (scipy)")
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "carbon_intensity"
+DATA = SHARED_DATA / "carbon_intensity"
 
 
 def series(values, step=timedelta(hours=1)) -> IntensitySeries:
