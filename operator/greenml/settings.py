@@ -105,11 +105,11 @@ class Settings(BaseSettings):
     namespace: str | None = Field(default=None, description="watch one namespace; None: all")
     health_port: int = Field(default=8080, ge=1, le=65535)
     metrics_port: int = Field(default=9090, ge=0, le=65535)
-    peering: str | None = Field(default=None, description="kopf peering name for HA; None: standalone")
+    peering: str | None = Field(default=None, description="name of the leader-election Lease (HA; in POD_NAMESPACE); None: standalone")
     peering_priority: int | None = Field(default=None, ge=0, le=2**31 - 1,
-                                         description="kopf peering priority; None: derived from the pod name")
+                                         description="accepted and ignored (kopf peering was replaced by the Lease)")
     peering_lifetime: int = Field(default=60, ge=2, le=3600,
-                                  description="seconds a replica's keep-alive counts; a killed leader is replaced after this")
+                                  description="the Lease's duration (s): a killed leader is replaced this long after its last renew")
     kueue_enabled: bool = Field(default=False, description=(
         "run Kueue's carbon-window AdmissionCheck controller (controllerName greenml.io/carbon-window; docs/kueue.md)"))
     kueue_interval: float = Field(default=30.0, gt=0, description=(

@@ -62,14 +62,25 @@ def status_changes(stored: Mapping[str, Any], new: Mapping[str, Any], volatile: 
     the same plan rewrites nothing; the stored value is kept)."""
     out: dict[str, Any] = {}
     for k, v in new.items():
-        old = stored.get(k)
+        old = _pruned(stored.get(k))
+        cmp = _pruned(v)
         sub = volatile.get(k)
-        if sub and isinstance(v, dict) and isinstance(old, dict) and sub in old:
-            if {**v, sub: old[sub]} == old:
+        if sub and isinstance(cmp, dict) and isinstance(old, dict) and sub in old:
+            if {**cmp, sub: old[sub]} == old:
                 continue
-        if old != v:
+        if old != cmp:
             out[k] = v
     return out
+
+
+def _pruned(value: Any) -> Any:
+    """A merge patch deletes null fields, so the stored status never holds them: compare
+    without them (else every write of a ``runningSince: null`` looked like a change)."""
+    if isinstance(value, dict):
+        return {k: _pruned(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_pruned(v) for v in value]
+    return value
 
 
 # ------------------------------------------------------------------ the latest body per object
