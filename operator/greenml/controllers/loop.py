@@ -157,8 +157,6 @@ class Loop:
         self._failures: dict[Key, int] = {}
         self._wakeup = asyncio.Event()
         self._leading: Callable[[], bool] = lambda: True
-        self.reconciles = 0
-        self.errors = 0
 
     # ---------------------------------------------------------- scheduling
     def schedule(self, key: Key, when: datetime | None) -> None:
@@ -184,13 +182,6 @@ class Loop:
         self._due.pop(key, None)
         self._failures.pop(key, None)
         self._again.discard(key)
-
-    def due_at(self, key: Key) -> datetime | None:
-        ts = self._due.get(key)
-        return datetime.fromtimestamp(ts, timezone.utc) if ts is not None else None
-
-    def pending(self) -> int:
-        return len(self._due)
 
     def is_leading(self) -> bool:
         return self._leading()
@@ -258,7 +249,6 @@ class Loop:
                 return
             nxt = await handler(key)
             self._failures.pop(key, None)
-            self.reconciles += 1
             if nxt == NEVER:               # gone, or final: only an event wakes it again
                 if key in self._again:
                     self._again.discard(key)
@@ -269,7 +259,6 @@ class Loop:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:   # noqa: BLE001 — one object's failure never stops the loop
-            self.errors += 1
             n = self._failures.get(key, 0) + 1
             self._failures[key] = n
             delay = BACKOFF[min(n, len(BACKOFF)) - 1] * (1.0 + JITTER * (2 * random.random() - 1))
@@ -290,9 +279,6 @@ class Loop:
         cur = self._due.get(key)       # woken by an event while this reconcile ran: keep the earlier
         if cur is None or when.timestamp() < cur:
             self.schedule(key, when)
-
-    def failing(self) -> int:
-        return len(self._failures)
 
 
 # ------------------------------------------------------------------ leader election (coordination.k8s.io Lease)
@@ -406,14 +392,6 @@ class LeaseElector:
                 self.kube.replace_lease({**lease, "spec": spec})
         except ApiError as exc:
             log.warning("leader election: could not release the lease: %s", exc)
-
-
-def with_patch(patch: Patch) -> contextvars.Token:
-    return _current.set(patch)
-
-
-def reset_patch(token: contextvars.Token) -> None:
-    _current.reset(token)
 
 
 # ------------------------------------------------------------------ what every kind's handlers share

@@ -39,7 +39,6 @@ RESOURCE = ("greenml.io", "v1alpha1", "trainingjobs")
 API_VERSION = "greenml.io/v1alpha1"
 KIND = "TrainingJob"
 FINAL = ("Succeeded", "Failed")
-__all__ = ["post_event"]
 
 
 # ------------------------------------------------------------------ watches → store → loop
