@@ -188,6 +188,52 @@ def test_an_arrival_storm_costs_few_full_replans_and_respects_capacity():
     assert board.stats.replans == 2
 
 
+def test_fill_in_reservation_stays_exact_through_arrivals_departures_and_resizes():
+    """Fill-ins keep the GPUs the plans take per slot up to date as they add plans (their cost
+    follows the arrivals, not the board); after any mix of arrivals, deletions and GPU changes
+    the reservation equals one rebuilt from the plans in force, and the plans that meet their
+    deadline (not DeadlineAtRisk, which fail open) never take a slot over capacity."""
+    import random
+
+    rng = random.Random(7)
+    vals = [300] * 6 + [100] * 6 + [250] * 12 + [120] * 6 + [300] * 30
+    board = PlanBoard(D, SeriesSource(series(vals)), capacity=24)
+    now = T0 + timedelta(seconds=1)
+    live: dict[str, object] = {}
+    planned_gpus: dict[str, int] = {}        # GPUs a job had when it was planned
+    for i in range(60):
+        op = rng.random()
+        if op < 0.7 or not live:
+            r = _job(f"a{i}", gpus=rng.choice([1, 2, 4, 8]), max_delay=rng.choice(["6h", "10h", "14h"]))
+            live[r.name] = r
+            planned_gpus[r.name] = r.gpus
+        elif op < 0.85:
+            r = live.pop(rng.choice(sorted(live)))
+            board.forget(r.key)
+            continue
+        else:           # the same job asks for other GPUs: its plan stands until the next full replan
+            name = rng.choice(sorted(live))
+            r = live[name] = _job(name, gpus=rng.choice([1, 2, 4, 8]))
+        board.observe(r, Progress(), running=False)
+        board.plan_for(r.key, now)
+        if board._reserved is not None:
+            rebuilt = np.zeros(len(board._reserved))
+            step_s = D.step.total_seconds()
+            for key, p in board._plans.items():
+                for ws, we in p.windows:
+                    a = max(0, int((ws - board._origin).total_seconds() // step_s))
+                    b = int(np.ceil((we - board._origin).total_seconds() / step_s))
+                    rebuilt[a:b] += board._entries[key].req.gpus
+            assert np.array_equal(board._reserved, rebuilt), i
+    assert board.stats.fill_ins > 30 and board.stats.replans == 1
+    plans = {n: board.plan_for(r.key, now)[0] for n, r in live.items()}
+    edges = sorted({t for p in plans.values() for w in p.windows for t in w})
+    assert sum(not p.at_risk for p in plans.values()) > 30
+    for t in edges:
+        used = sum(planned_gpus[n] for n, p in plans.items() if not p.at_risk for s, e in p.windows if s <= t < e)
+        assert used <= 24, (t, used)
+
+
 def test_fill_in_equals_a_full_replan_without_capacity():
     vals = [300] * 6 + [100] * 4 + [300] * 30
     reqs = [_job(f"k{i}", max_delay=f"{4 + i}h") for i in range(6)]

@@ -121,6 +121,11 @@ class PlanBoard:
         self._capacity = capacity
         self._entries: dict[Key, Entry] = {}
         self._plans: dict[Key, PlannedJob] = {}
+        # entries with no plan yet, in arrival order: what the next fill-in plans
+        self._unplanned: dict[Key, None] = {}
+        # GPUs the plans in force take per slot of the last replan's grid (fill-ins only;
+        # built on the first fill-in after a replan, then kept up to date incrementally)
+        self._reserved: np.ndarray | None = None
         self._failures: dict[str, ForecastFailure] = {}
         self._planned_at: datetime | None = None      # when the last full replan ran
         self._origin: datetime | None = None          # its grid origin (slot 0's start)
@@ -142,12 +147,18 @@ class PlanBoard:
             old = self._entries.get(req.key)
             if old is None or old.req != req or old.running != running or old.progress.runs != progress.runs:
                 self._dirty = True
+                if old is not None and old.req.gpus != req.gpus and req.key in self._plans:
+                    self._reserved = None
             self._entries[req.key] = entry
+            if req.key not in self._plans:
+                self._unplanned[req.key] = None
 
     def forget(self, key: Key) -> None:
         with self._lock:
             if self._entries.pop(key, None) is not None:
-                self._plans.pop(key, None)
+                if self._plans.pop(key, None) is not None:
+                    self._reserved = None
+                self._unplanned.pop(key, None)
                 self._basis.pop(key, None)
                 self._dirty = True
 
@@ -302,9 +313,11 @@ class PlanBoard:
                     plans[key] = replace(plans[key], caps=caps_of[key])
                 self._basis[key] = _Basis(entry, _deadline_slots(entry.req, now, self.defaults) > max_slots)
             for key, p in plans.items():
-                if _signature(self._plans.get(key)) != _signature(p):
+                if not same_plan(self._plans.get(key), p):
                     self._changed.add(key)
             self._plans = plans
+            self._unplanned = {k: None for k in self._entries if k not in plans}
+            self._reserved = None
             self._last_forecast = {z: (now, f) for z, f in forecasts.items()}
             self._estimate = {z: series_by_zone[z].estimate for z in forecasts}
             self._failures = failures
@@ -319,7 +332,11 @@ class PlanBoard:
     def _fill_in(self, now: datetime) -> bool:
         """Plan only the jobs that have no plan yet, on the last replan's grid and forecasts and
         on the capacity the existing plans leave; the full replan follows after the gap.
-        False when that is not possible (a zone without a cached forecast)."""
+        False when that is not possible (a zone without a cached forecast).
+
+        Its cost follows the arrivals, not the board: the jobs without a plan are kept apart
+        and the GPUs the plans take per slot are kept up to date as plans are added (at 5,000
+        jobs, rebuilding both from every plan on each arrival cost 15 ms an arrival)."""
         then = self._origin
         step = self.defaults.step
         step_s = step.total_seconds()
@@ -328,8 +345,11 @@ class PlanBoard:
         capacity = self.capacity()
         hold = self._hold() if capacity is not None else 0
         new: list[tuple[Key, shifting.JobSpec]] = []
-        for key, e in self._entries.items():
-            if key in self._plans:
+        done: list[Key] = []
+        for key in self._unplanned:
+            e = self._entries.get(key)
+            if e is None or key in self._plans:
+                done.append(key)
                 continue
             spec = to_job_spec(e, then, self.defaults, max_slots, hold)
             if spec is None:
@@ -337,6 +357,8 @@ class PlanBoard:
             if spec.zone not in self._last_forecast:
                 return False
             new.append((key, replace(spec, earliest=max(spec.earliest, offset))))
+        for key in done:
+            self._unplanned.pop(key, None)
         if not new:
             return True
         forecasts = {z: f for z, (_, f) in self._last_forecast.items()}
@@ -344,26 +366,38 @@ class PlanBoard:
         n = max([n] + [len(f) for f in forecasts.values()])
         reserved = None
         if capacity is not None:
-            reserved = np.zeros(n)
-            for key, p in self._plans.items():
-                gpus = self._entries[key].req.gpus if key in self._entries else 0
-                for ws, we in p.windows:
-                    a = max(0, int((ws - then).total_seconds() // step_s))
-                    b = min(n, int(math.ceil((we - then).total_seconds() / step_s)))
-                    reserved[a:b] += gpus
+            if self._reserved is None:
+                self._reserved = np.zeros(n)
+                for key, p in self._plans.items():
+                    self._reserve(p, self._entries[key].req.gpus if key in self._entries else 0)
+            reserved = _fit(self._reserved, n)
         plans = shifting.plan([j for _, j in new], forecasts, step_hours=step_s / 3600.0,
                               capacity_gpus=capacity, reserved_gpus=reserved)
         for (key, _), p in zip(new, plans):
             entry = self._entries[key]
             sig = self.signals.get(entry.req.zone)
             windows = tuple((then + step * a, then + step * b) for a, b in p.runs)
-            self._plans[key] = PlannedJob(windows, p.grams, p.run_now_grams, p.reason,
-                                          sig.source if sig else "unknown", self._estimate.get(entry.req.zone, False),
-                                          now, sig.link if sig else "provider", sig.fallback if sig else (),
-                                          p.at_risk, p.unplaceable)
+            plan = PlannedJob(windows, p.grams, p.run_now_grams, p.reason,
+                              sig.source if sig else "unknown", self._estimate.get(entry.req.zone, False),
+                              now, sig.link if sig else "provider", sig.fallback if sig else (),
+                              p.at_risk, p.unplaceable)
+            self._plans[key] = plan
+            self._unplanned.pop(key, None)
+            if self._reserved is not None:
+                self._reserve(plan, entry.req.gpus)
             self._changed.add(key)
         self.stats.fill_ins += 1
         return True
+
+    def _reserve(self, plan: PlannedJob, gpus: int) -> None:
+        """Add a plan's GPUs to the fill-ins' per-slot reservation (on the last replan's grid)."""
+        then, step_s = self._origin, self.defaults.step.total_seconds()
+        for ws, we in plan.windows:
+            a = max(0, int((ws - then).total_seconds() // step_s))
+            b = int(math.ceil((we - then).total_seconds() / step_s))
+            if b > len(self._reserved):
+                self._reserved = _fit(self._reserved, b)
+            self._reserved[a:b] += gpus
 
     def _unchanged_slots(self, zone: str, now: datetime, values: np.ndarray) -> int:
         """How many slots from now the new forecast equals the previous one (0: none / off grid)."""
@@ -397,9 +431,20 @@ class PlanBoard:
         return not plan.windows or plan.windows[0][0] >= now
 
 
-def _signature(p: PlannedJob | None) -> PlannedJob | None:
-    """A plan without its computation time: equal signatures, nothing to tell the job."""
-    return None if p is None else replace(p, computed_at=None)
+def same_plan(a: PlannedJob | None, b: PlannedJob | None) -> bool:
+    """Equal but for the computation time: nothing to tell the job."""
+    if a is b:
+        return True
+    if a is None or b is None:
+        return False
+    return {**vars(a), "computed_at": None} == {**vars(b), "computed_at": None}
+
+
+def _fit(values: np.ndarray, n: int) -> np.ndarray:
+    """``values`` cut or zero-padded to length ``n``."""
+    if len(values) >= n:
+        return values[:n]
+    return np.concatenate([values, np.zeros(n - len(values))])
 
 
 def grid_origin(now: datetime, step: timedelta) -> datetime:
