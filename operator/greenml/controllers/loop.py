@@ -115,7 +115,7 @@ class Store:
             a, b = _rv(old), _rv(body)
             if a is not None and b is not None and b < a and (old.get("metadata") or {}).get("uid") == meta.get("uid"):
                 return old
-        table[key] = dict(body)
+        table[key] = lean(body)
         return old
 
     def pop(self, kind: str, ns: str, name: str) -> dict[str, Any] | None:
@@ -126,6 +126,24 @@ class Store:
 
     def __len__(self) -> int:
         return sum(len(t) for t in self._by_kind.values())
+
+
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def lean(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A body as the store keeps it: without ``metadata.managedFields`` and kubectl's
+    last-applied annotation (a second copy of the spec), which no decision reads — at 5,000
+    objects of each kind they were a good part of the operator's memory."""
+    out = dict(body)
+    meta = out.get("metadata")
+    if isinstance(meta, Mapping) and ("managedFields" in meta or LAST_APPLIED in (meta.get("annotations") or {})):
+        meta = {k: v for k, v in meta.items() if k != "managedFields"}
+        ann = meta.get("annotations")
+        if isinstance(ann, Mapping) and LAST_APPLIED in ann:
+            meta["annotations"] = {k: v for k, v in ann.items() if k != LAST_APPLIED}
+        out["metadata"] = meta
+    return out
 
 
 # ------------------------------------------------------------------ wake-ups

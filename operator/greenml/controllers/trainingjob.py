@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import kopf
 
 from greenml.controllers.context import Context
-from greenml.controllers.loop import NEVER, Patch, post_event, reconcile_object, watch_event
+from greenml.controllers.loop import NEVER, Patch, lean, post_event, reconcile_object, watch_event
 from greenml.controllers.operator import accounting_of, metrics_of
 from greenml.metrics import record_board, record_trainingjob
 from greenml.kube import ApiError, Conflict, NotFound
@@ -75,10 +75,21 @@ def on_job(body: kopf.Body, type: str, memo: kopf.Memo, **_: Any) -> None:
         if old is not None and (old.get("metadata") or {}).get("uid") == meta.get("uid"):
             jobs.pop((ns, owner), None)
     else:
-        jobs[(ns, owner)] = {"metadata": dict(meta), "spec": dict(body.get("spec") or {}),
-                             "status": dict(body.get("status") or {})}
+        jobs[(ns, owner)] = lean_job(body)
     if old is None or type == "DELETED" or _job_view(old) != _job_view(jobs.get((ns, owner)) or {}):
         ctx.loop.wake((KIND, ns, owner))
+
+
+def lean_job(job: Mapping[str, Any]) -> dict[str, Any]:
+    """What of an owned Job the store keeps: metadata, status, and of the spec all but the pod
+    template's spec (a decision reads ``suspend`` and the template's cap annotation; the pod
+    spec, a copy of the TrainingJob's, is never read back)."""
+    spec = dict(job.get("spec") or {})
+    template = spec.get("template")
+    if isinstance(template, Mapping):
+        spec["template"] = {"metadata": dict(template.get("metadata") or {})}
+    return {"metadata": lean(job)["metadata"] if job.get("metadata") else {}, "spec": spec,
+            "status": dict(job.get("status") or {})}
 
 
 def _job_view(job: Mapping[str, Any]) -> tuple:
@@ -376,7 +387,7 @@ def apply(ctx: Context, req, body: Mapping[str, Any], outcome: Outcome, observed
         try:
             created = kube.create_job(manifest)
             if created.get("metadata"):                  # the store holds it until the watch does
-                ctx.store.kind("Job")[req.key] = created
+                ctx.store.kind("Job")[req.key] = lean_job(created)
         except Conflict:
             existing = kube.get_job(req.namespace, name)
             if existing is None or not owned_by(existing, req):
