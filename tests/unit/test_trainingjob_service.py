@@ -417,3 +417,20 @@ def test_a_running_job_keeps_its_gpus_until_the_next_replan(running_progress, in
     plan, _ = board.plan_for(waiting.key, T0 + timedelta(minutes=5))
     # planned on the grid: the slot holding now, which it starts in at once
     assert plan.planned_start == T0 and in_windows(T0 + timedelta(minutes=5), plan.windows), plan.windows
+
+
+def test_after_create_says_the_wait_at_once_so_the_jobs_watch_event_changes_nothing():
+    from greenml.services.trainingjob import after_create
+
+    req = resolve(body(), D)
+    none = Progress()
+    created = decide(req, none, JobObservation(exists=False), windows((3, 5)), T0, D)
+    assert created.action == "create"
+    said = after_create(req, none, none, created, windows((3, 5)), "Planned", 1.0, T0, D)
+    assert said.action == "create" and said.changes_job
+    # what the reconcile woken by the new Job's watch event decides: the same phase and reason
+    nxt = decide(req, none, JobObservation(exists=True, suspended=True), windows((3, 5)), T0, D, plan_reason="Planned")
+    assert (said.phase, said.reason, said.progress) == (nxt.phase, nxt.reason, nxt.progress) == ("Waiting", "Planned", none)
+    assert said.message.startswith(created.message) and nxt.message in said.message
+    # a window open now: the start is the next reconcile's, the create stands as it was
+    assert after_create(req, none, none, created, windows((0, 5)), "Planned", 1.0, T0, D) is created

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -88,6 +89,11 @@ def start_loop(ctx: Context) -> None:
     from greenml.controllers.loop import LeaseElector, own_identity, own_namespace
 
     loop = ctx.loop
+    # the blocking API calls (asyncio.to_thread, kopf's sync handlers) share one bounded pool:
+    # Python's default grows with the node's CPUs (up to 32 threads, each with its own malloc
+    # arena), not with what the loop can use — at most `concurrency` reconciles at a time
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=loop.concurrency + 4, thread_name_prefix="greenml"))
     loop.max_sleep = timedelta(seconds=ctx.settings.tick_interval)
     loop.poll = min(30.0, max(0.05, ctx.settings.tick_interval))
     loop.handlers = {

@@ -29,7 +29,7 @@ from greenml.kube.client import FIELD_MANAGER
 from greenml.planning.power import window_caps
 from greenml.services.trainingjob import (
     LABEL_MANAGED_BY, LABEL_OWNER, MANAGED_BY, InvalidSpec, JobObservation, Outcome, Progress, capped_view,
-    carried_cap, check_feasible, decide, job_manifest, job_name, next_wakeup, owned_by, persist_capped,
+    after_create, carried_cap, check_feasible, decide, job_manifest, job_name, next_wakeup, owned_by, persist_capped,
     pods_signature, pods_to_cap, power_cap_annotation, resolve,
 )
 from greenml.timeutil import format_time
@@ -236,6 +236,9 @@ async def reconcile(ctx: Context, body: Mapping[str, Any], status: Mapping[str, 
     except JobNameTaken:
         name_conflict(body, status, patch, job_name(name), now, generation)
         return now + NAME_CONFLICT_RETRY
+    if outcome.action == "create":
+        outcome = after_create(req, progress, view, outcome, windows, plan.reason if plan else None, speed, now,
+                               ctx.defaults)
 
     signal = ctx.board.signals.get(req.zone)
     measured = await asyncio.to_thread(measure, ctx, req, outcome, now) if outcome.progress.runs else None
@@ -254,6 +257,7 @@ async def reconcile(ctx: Context, body: Mapping[str, Any], status: Mapping[str, 
 
 
 NAME_CONFLICT_RETRY = timedelta(seconds=30)   # another Job holds the name: look again
+
 
 
 def measure(ctx: Context, req, outcome: Outcome, now: datetime) -> tuple[float, str] | None:
