@@ -290,15 +290,33 @@ def record_board(metrics: Metrics, board) -> None:
 
 def record_trainingjob(metrics: Metrics, req, status_patch: Mapping, plan, policy: AccountingPolicy) -> None:
     """Usage (energy, operational and embodied grams so far) and the plan of one TrainingJob."""
-    usage = status_patch.get("usage") or {}
-    kwh = float(usage.get("energyKwh") or 0.0)
-    run_s = kwh_to_joules(kwh) / req.watts if req.watts > 0 else 0.0    # usage is run time × the job's watts
-    metrics.usage(req.namespace, req.name, "TrainingJob", energy_j=kwh_to_joules(kwh),
-                  operational_g=float(usage.get("grams") or 0.0) * policy.pue,
-                  embodied_g=embodied_grams(req.gpus, run_s, policy.hardware))
+    _record_usage(metrics, req.namespace, req.name, "TrainingJob", req.gpus, req.watts,
+                  status_patch.get("usage") or {}, policy)
     if plan is not None:
         metrics.plan(req.namespace, req.name, "TrainingJob", expected_g=plan.expected_grams * policy.pue,
                      counterfactual_g=plan.run_now_grams * policy.pue, counterfactual="run-now")
+
+
+def record_workload(metrics: Metrics, namespace: str, name: str, record: Mapping, policy: AccountingPolicy) -> None:
+    """The same figures for a Kueue Workload, from its record (``services.kueue.build_record``:
+    usage, gpus, watts, and the plan — the last one once it finished), kind ``Workload``."""
+    if "usage" not in record:
+        return
+    _record_usage(metrics, namespace, name, "Workload", int(record.get("gpus") or 0), float(record.get("watts") or 0.0),
+                  record["usage"], policy)
+    plan = record.get("plan") or {}
+    if plan.get("expectedGrams") is not None and plan.get("runNowGrams") is not None:
+        metrics.plan(namespace, name, "Workload", expected_g=float(plan["expectedGrams"]) * policy.pue,
+                     counterfactual_g=float(plan["runNowGrams"]) * policy.pue, counterfactual="run-now")
+
+
+def _record_usage(metrics: Metrics, namespace: str, name: str, kind: str, gpus: int, watts: float,
+                  usage: Mapping, policy: AccountingPolicy) -> None:
+    kwh = float(usage.get("energyKwh") or 0.0)
+    run_s = kwh_to_joules(kwh) / watts if watts > 0 else 0.0    # usage is run time × the job's watts
+    metrics.usage(namespace, name, kind, energy_j=kwh_to_joules(kwh),
+                  operational_g=float(usage.get("grams") or 0.0) * policy.pue,
+                  embodied_g=embodied_grams(gpus, run_s, policy.hardware))
 
 
 def _build(s: MetricSpec, registry: CollectorRegistry):

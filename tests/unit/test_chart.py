@@ -44,6 +44,12 @@ KUEUE_RULES = {   # kueue.enabled: the carbon-window AdmissionCheck
        for r in ("admissionchecks", "clusterqueues", "localqueues", "resourceflavors", "workloads")},
     ("kueue.x-k8s.io", "admissionchecks/status"): {"get", "patch"},
     ("kueue.x-k8s.io", "workloads/status"): {"get", "patch"},
+    ("kueue.x-k8s.io", "workloads"): {"get", "list", "watch", "patch"},   # patch: the check's record annotation
+    # the Workloads' owners, for their greenml.io/* annotations (batch/v1 Jobs: EXPECTED_RULES)
+    ("jobset.x-k8s.io", "jobsets"): {"get"},
+    ("ray.io", "rayjobs"): {"get"},
+    ("ray.io", "rayclusters"): {"get"},
+    ("kubeflow.org", "pytorchjobs"): {"get"},
 }
 LEASE_RULES = [   # HA: the leader-election Lease, in the release namespace only
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
@@ -325,3 +331,22 @@ def test_kueue_turns_on_the_admission_check_controller_with_its_rbac(helm):
     assert set(rules[1]["resources"]) == {"admissionchecks/status", "workloads/status"} and "patch" in rules[1]["verbs"]
     role = [r for r in find(docs, "Role") if r["metadata"]["name"].endswith("-kueue-defaults")]
     assert role and role[0]["metadata"]["namespace"] == NAMESPACE and role[0]["rules"][0]["verbs"] == ["get"]
+
+
+def test_kueue_owner_kinds_are_readable_and_configurable(helm):
+    """The check reads the annotations of each Workload's owner: get on batch/v1 Jobs always,
+    on the owner kinds of kueue.ownerResources (JobSet, RayJob, RayCluster, PyTorchJob by
+    default; the operator fails a Workload open, with a Warning, when its owner is unreadable)."""
+    rules = rules_of(the(render(helm, "--set", "kueue.enabled=true"), "ClusterRole"))
+    assert rules[("batch", "jobs")] >= {"get"}
+    for group, res in (("jobset.x-k8s.io", "jobsets"), ("ray.io", "rayjobs"), ("kubeflow.org", "pytorchjobs")):
+        assert rules[(group, res)] == {"get"}
+    custom = rules_of(the(render(helm, "--set", "kueue.enabled=true", "--set", "kueue.ownerResources[0].apiGroup=kubeflow.org",
+                                 "--set", "kueue.ownerResources[0].resources={tfjobs,mpijobs}"), "ClusterRole"))
+    assert custom[("kubeflow.org", "tfjobs")] == custom[("kubeflow.org", "mpijobs")] == {"get"}
+    assert ("jobset.x-k8s.io", "jobsets") not in custom       # the list replaces the defaults
+    off = rules_of(the(render(helm, "--set", "kueue.ownerResources[0].apiGroup=x.io",
+                              "--set", "kueue.ownerResources[0].resources={xs}"), "ClusterRole"))
+    assert ("x.io", "xs") not in off                            # only with kueue.enabled
+    with pytest.raises(AssertionError, match="resources"):
+        template(helm, "--set", "kueue.enabled=true", "--set", "kueue.ownerResources[0].apiGroup=x.io")

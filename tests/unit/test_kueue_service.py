@@ -299,8 +299,10 @@ def test_check_patch_sets_only_our_entry_and_keeps_the_transition_time():
     ready = kq.decide_check(req_for(wl), obs, plan(WINDOW), WINDOW[0], DEFAULTS)
     entry = kq.check_patch(wl, CHECK, ready, obs, WINDOW[0])["status"]["admissionChecks"][0]
     assert entry["state"] == "Ready" and entry["lastTransitionTime"] == format_time(WINDOW[0])
+    # Retry without requeueAfterSeconds: Kueue v0.15 would defer the eviction itself until then
     retry = kq.CheckDecision(kq.RETRY, "WindowClosed", "closed", requeue_after=600)
-    assert kq.check_patch(wl, CHECK, retry, obs, T0)["status"]["admissionChecks"][0]["requeueAfterSeconds"] == 600
+    entry = kq.check_patch(wl, CHECK, retry, obs, T0)["status"]["admissionChecks"][0]
+    assert entry["state"] == "Retry" and "requeueAfterSeconds" not in entry
 
 
 def test_unchanged_decision_is_not_written_again():
@@ -385,3 +387,95 @@ def test_evaluate_fails_open_on_bad_annotations_and_without_a_forecast():
     latest = T0 + 4 * H + H - defaults.safety_margin - H
     late = kq.evaluate(wl, job(**{kq.ANN_MAX_DELAY: "4h", kq.ANN_ESTIMATED_DURATION: "1h"}), CHECK, board, latest, defaults)
     assert late.decision.state == kq.READY and late.decision.reason == "DeadlineForced"
+
+
+def test_a_finished_workloads_run_ends_when_it_finished():
+    wl = workload(conditions=("QuotaReserved", "Admitted"), admitted_at=T0 + H, accumulated=600)
+    wl["status"]["conditions"].append({"type": "Finished", "status": "True", "reason": "Succeeded", "message": "",
+                                       "lastTransitionTime": format_time(T0 + 2 * H)})
+    obs = kq.observe(wl, CHECK)
+    assert obs.finished and not obs.running
+    assert obs.progress.total(T0 + 9 * H) == 600 + 3600        # not counting on after it finished
+
+
+def test_an_unreadable_owner_fails_open_naming_the_missing_rule():
+    ref = ("jobset.x-k8s.io/v1alpha2", "jobsets", "trainer")
+    problem = kq.owner_read_problem(ref, 403, "get jobsets ml/trainer: 403 Forbidden")
+    wl = workload(conditions=("QuotaReserved",), checks=[state("Pending")])
+    board = clean_board()
+    ev = kq.evaluate(wl, None, CHECK, board, T0, replace(DEFAULTS, step=timedelta(minutes=30)), owner_problem=problem)
+    assert ev.decision.state == kq.READY and ev.decision.reason == "InvalidAnnotations" and len(board) == 0
+    assert "grant the operator get on jobsets (jobset.x-k8s.io)" in ev.decision.message
+    assert ev.patch["status"]["admissionChecks"][0]["state"] == kq.READY
+    other = kq.owner_read_problem(("batch/v1", "jobs", "train"), 500, "boom")
+    assert "grant" not in other.message and "jobs/train" in other.field
+
+
+def test_the_record_keeps_plan_and_usage_and_is_written_when_it_matters():
+    """The Workload's record (ANN_RECORD): state, reason, phase, request, plan, usage. Written
+    at once when the state, reason, phase or planned start change; when only figures move, at
+    most every RECORD_INTERVAL; grams accrue the energy since the last record at the intensity
+    of now; the last plan stays once the Workload finished."""
+    defaults = replace(DEFAULTS, step=timedelta(minutes=30))
+    board = clean_board()
+    owner = job(**{kq.ANN_ESTIMATED_DURATION: "2h", kq.ANN_MAX_DELAY: "18h", kq.ANN_WATTS_PER_GPU: "500"})
+    wl = workload(conditions=("QuotaReserved",), checks=[state("Pending")])
+    ev = kq.evaluate(wl, owner, CHECK, board, T0 + H, defaults, zone="DE")
+    rec = kq.build_record(ev, {}, T0 + H, defaults, 400.0)
+    assert (rec["state"], rec["reason"], rec["phase"], rec["zone"], rec["gpus"], rec["watts"]) == \
+        ("Pending", "Planned", "Waiting", "DE", 2, 1000.0)
+    assert rec["plan"]["plannedStart"] == format_time(T0 + 4 * H) and rec["plan"]["savingsPercent"] == ev.plan.savings_percent
+    assert rec["plan"]["latestStart"] == format_time(T0 + 18 * H + 2 * H - DEFAULTS.safety_margin - 2 * H)
+    assert rec["usage"] == {"runSeconds": 0.0, "energyKwh": 0.0, "grams": 0.0, "source": "power-model (spec)"}
+    text = kq.record_patch({}, rec, T0 + H)
+    assert text is not None
+    wl["metadata"]["annotations"] = {kq.ANN_RECORD: text}
+    assert kq.read_record(wl) == rec
+    # the same decision a minute later: nothing to write
+    again = kq.build_record(kq.evaluate(wl, owner, CHECK, board, T0 + H + timedelta(minutes=1), defaults), rec,
+                            T0 + H + timedelta(minutes=1), defaults, 400.0)
+    assert kq.record_patch(rec, again, T0 + H + timedelta(minutes=1)) is None
+    # admitted in its window: a new phase and state — written at once
+    running = workload(conditions=("QuotaReserved", "Admitted"), admitted_at=T0 + 4 * H, checks=[state("Ready")])
+    ev = kq.evaluate(running, owner, CHECK, board, T0 + 4 * H + timedelta(minutes=6), defaults)
+    run_rec = kq.build_record(ev, rec, T0 + 4 * H + timedelta(minutes=6), defaults, 100.0)
+    assert (run_rec["state"], run_rec["phase"]) == ("Ready", "Running")
+    assert run_rec["usage"]["energyKwh"] == pytest.approx(0.1) and run_rec["usage"]["grams"] == pytest.approx(10.0)
+    assert kq.record_patch(rec, run_rec, T0 + 4 * H + timedelta(minutes=6)) is not None
+    # running on: only the usage moves — written again only after RECORD_INTERVAL
+    later = T0 + 4 * H + timedelta(minutes=8)
+    moved = kq.build_record(kq.evaluate(running, owner, CHECK, board, later, defaults), run_rec, later, defaults, 100.0)
+    assert moved["usage"]["grams"] == pytest.approx(10.0 + 1000 * 120 / 3.6e6 * 100.0, abs=1e-3)
+    assert kq.record_patch(run_rec, moved, later) is None
+    assert kq.record_patch(run_rec, moved, T0 + 4 * H + timedelta(minutes=6) + kq.RECORD_INTERVAL) is not None
+    # finished: no plan any more (off the board), the last one kept; a bad annotation reads as none
+    done = workload(conditions=("QuotaReserved", "Admitted"), admitted_at=T0 + 4 * H, checks=[state("Ready")])
+    done["status"]["conditions"].append({"type": "Finished", "status": "True", "reason": "Succeeded", "message": "",
+                                         "lastTransitionTime": format_time(T0 + 6 * H)})
+    fin = kq.build_record(kq.evaluate(done, owner, CHECK, board, T0 + 7 * H, defaults), moved, T0 + 7 * H, defaults,
+                          None)
+    assert fin["phase"] == "Finished" and fin["plan"] == moved["plan"] and fin["usage"]["runSeconds"] == 7200.0
+    assert fin["usage"]["grams"] == moved["usage"]["grams"]          # no intensity: nothing accrued
+    assert kq.record_patch(moved, fin, T0 + 7 * H) is not None
+    assert kq.read_record({"metadata": {"annotations": {kq.ANN_RECORD: "{oops"}}}) == {}
+
+
+def test_a_standing_retry_is_left_to_kueue():
+    """Kueue evicts with resourceVersion-checked patches: our Retry is not rewritten while it
+    stands, nor replaced by Pending while the eviction runs (the quota still reserved) — Kueue
+    resets it to Pending itself; a decision to run on (Ready) while still admitted replaces it,
+    and so does any decision once the quota is released and Retry is still there."""
+    retry = kq.CheckDecision(kq.RETRY, "WindowClosed", "closed", requeue_after=10)
+    later = kq.CheckDecision(kq.RETRY, "WindowClosed", "closed, later", requeue_after=9)
+    admitted = kq.observe(workload(conditions=("QuotaReserved", "Admitted"),
+                                   checks=[{**state("Retry", "closed"), "requeueAfterSeconds": 10}]), CHECK)
+    evicting = kq.observe(workload(conditions=("QuotaReserved",),
+                                   checks=[{**state("Retry", "closed"), "requeueAfterSeconds": 10}]), CHECK)
+    assert not retry.differs(admitted) and not later.differs(admitted)
+    assert not kq.CheckDecision(kq.PENDING, "Planned", "planned start …").differs(evicting)
+    assert not kq.CheckDecision(kq.READY, "DeadlineForced", "forced").differs(evicting)
+    assert kq.CheckDecision(kq.READY, "DeadlineForced", "forced").differs(admitted)
+    assert not kq.CheckDecision(kq.PENDING, "Planned", "planned start …").differs(admitted)
+    # evicted, the quota released, and Retry still there: replaced, or it would never be requeued
+    evicted = kq.observe(workload(checks=[state("Retry", "closed")]), CHECK)
+    assert kq.CheckDecision(kq.PENDING, "Planned", "planned start …").differs(evicted)

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from greenml.metrics import SPECS, Metrics, markdown_table, record_board, record_decision, record_trainingjob, \
-    start_metrics_server
+    record_workload, start_metrics_server
 from greenml.planning.accounting import AccountingPolicy, embodied_grams
 
 REPO = Path(__file__).resolve().parents[2]
@@ -160,6 +160,25 @@ def test_trainingjob_usage_with_pue_and_embodied():
         pytest.approx(embodied_grams(2, 3600))
     assert get(m, "greenml_carbon_counterfactual_grams", namespace="ml", name="t", kind="TrainingJob",
                counterfactual="run-now") == 240.0
+
+
+def test_kueue_workload_usage_and_plan_from_its_record():
+    """A Kueue Workload's series, kind Workload, from the check's record: the same figures
+    as a TrainingJob's; the last plan stays after it finished; forget drops them."""
+    m = Metrics(version="t")
+    policy = AccountingPolicy(pue=1.5)
+    rec = {"gpus": 2, "watts": 600.0, "usage": {"energyKwh": 0.6, "grams": 240.0},
+           "plan": {"expectedGrams": 100.0, "runNowGrams": 160.0}}
+    record_workload(m, "ml", "job-train", rec, policy)
+    lab = {"namespace": "ml", "name": "job-train", "kind": "Workload"}
+    assert get(m, "greenml_carbon_operational_grams", **lab) == 360.0
+    assert get(m, "greenml_carbon_embodied_grams", **lab) == pytest.approx(embodied_grams(2, 3600))
+    assert get(m, "greenml_carbon_expected_grams", **lab) == 150.0
+    assert get(m, "greenml_carbon_counterfactual_grams", **lab, counterfactual="run-now") == 240.0
+    record_workload(m, "ml", "bad-annotations", {"state": "Ready", "reason": "InvalidAnnotations"}, policy)
+    assert get(m, "greenml_energy_joules", namespace="ml", name="bad-annotations", kind="Workload") is None
+    m.forget("ml", "job-train", "Workload")
+    assert get(m, "greenml_carbon_expected_grams", **lab) is None
 
 
 def test_metrics_server_serves_the_registry():

@@ -182,3 +182,38 @@ async def test_cli_reads_the_cluster_through_kube(kmock, tmp_path, monkeypatch, 
     md = (tmp_path / "c.md").read_text()
     assert "| ml | t1 | TrainingJob | measured | 1.000 | 300.0 |" in md
     assert "CR statuses" in md
+
+
+def _wl(ns, name, created, record=None):
+    meta = {"namespace": ns, "name": name, "creationTimestamp": created,
+            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "train", "controller": True}]}
+    if record is not None:
+        meta["annotations"] = {"greenml.io/carbon-window": json.dumps(record)}
+    return {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "Workload", "metadata": meta}
+
+
+def test_cluster_rows_for_kueue_workloads_from_the_checks_record():
+    """A Workload greenml's carbon-window check planned carries its record (usage, the last
+    plan): a row like a TrainingJob's; Workloads without a record (other queues) make none."""
+    rec = {"state": "Ready", "reason": "Finished", "phase": "Finished", "zone": "DE", "gpus": 4, "watts": 1600.0,
+           "plan": {"plannedStart": "2024-01-05T02:00:00Z", "expectedGrams": 1150.0, "runNowGrams": 1900.0,
+                    "savingsPercent": 39.47, "forecastSource": "electricitymaps"},
+           "usage": {"runSeconds": 3600.0, "energyKwh": 1.6, "grams": 400.0, "source": "power-model (gpu-table)"}}
+    wls = [_wl("ml", "job-train-1", "2024-01-05T00:00:00Z", rec), _wl("ml", "job-other", "2024-01-05T00:00:00Z"),
+           _wl("ml", "job-old", "2023-12-01T00:00:00Z", rec)]
+    start, end = datetime(2024, 1, 1, tzinfo=timezone.utc), datetime(2024, 2, 1, tzinfo=timezone.utc)
+    [row] = rows_from_cluster([], [], AccountingPolicy(pue=1.5), start=start, end=end, workloads=wls)
+    assert (row.namespace, row.name, row.kind, row.basis) == ("ml", "job-train-1", "Workload", "measured")
+    assert row.actual.energy_kwh == pytest.approx(1.6) and row.actual.operational_g == pytest.approx(600.0)   # × PUE
+    assert row.actual.embodied_g == pytest.approx(embodied_grams(4, 3600))
+    assert row.savings.saved_g == pytest.approx((1900.0 - 1150.0) * 1.5)
+    assert "Job train" in row.note and "electricitymaps" in row.note and "check Ready" in row.note
+    md = markdown(Report("t", "cluster x", start, end, AccountingPolicy(pue=1.5), (row,)))
+    assert "job-train-1" in md and "Workload" in md
+    bad = _wl("ml", "job-bad", "2024-01-05T00:00:00Z", {**rec, "usage": {"energyKwh": -2}})
+    with pytest.raises(ReportError, match=r"Workload ml/job-bad: annotation greenml.io/carbon-window usage.energyKwh"):
+        rows_from_cluster([], [], AccountingPolicy(), workloads=[bad])
+    broken = _wl("ml", "job-broken", "2024-01-05T00:00:00Z")
+    broken["metadata"]["annotations"] = {"greenml.io/carbon-window": "{not json"}
+    with pytest.raises(ReportError, match="not JSON"):
+        rows_from_cluster([], [], AccountingPolicy(), workloads=[broken])

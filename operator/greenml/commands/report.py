@@ -123,7 +123,8 @@ def build(args: argparse.Namespace, now: datetime) -> Report:
         source = f"simulation {args.from_sim}"
     else:
         tjs, ibs, server = fetch_cluster(args.namespace)
-        rows = rows_from_cluster(tjs, ibs, policy, start=start, end=end or now)
+        rows = rows_from_cluster(tjs, ibs, policy, start=start, end=end or now,
+                                 workloads=fetch_workloads(args.namespace))
         end = end or now
         source = f"cluster {server} (CR statuses)"
         notes.append("usage.grams accrues IT energy at the planner's current-slot intensity; embodied carbon uses "
@@ -149,6 +150,28 @@ def fetch_cluster(namespaces: list[str] | None):
                 raise ReportError(f"cannot list {plural}{' in ' + ns if ns else ''}: {exc}") from None
             out[plural].extend(list_items(payload, f"list {plural}"))
     return out["trainingjobs"], out["inferencebudgets"], kube.host
+
+
+def fetch_workloads(namespaces: list[str] | None) -> list:
+    """Kueue Workloads (those greenml's carbon-window check keeps a record on make rows); none
+    where Kueue is not installed (404) or the reader may not list them (403)."""
+    from greenml.kube import ApiError, Kube, NotFound
+    from greenml.kube.client import path_for
+    from greenml.report.sources import list_items
+    from greenml.services.kueue import KUEUE_API
+
+    kube, out = Kube(), []
+    for ns in namespaces or [None]:
+        try:
+            out.extend(list_items(kube.request("GET", path_for(KUEUE_API, "workloads", ns), "list workloads"),
+                                  "list workloads"))
+        except NotFound:
+            return []
+        except ApiError as exc:
+            if exc.status == 403:
+                return []
+            raise ReportError(f"cannot list Kueue workloads{' in ' + ns if ns else ''}: {exc}") from None
+    return out
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,13 +17,16 @@ from typing import Any
 
 from greenml.controllers.context import Context
 from greenml.controllers.loop import own_namespace
-from greenml.kube import ApiError, Conflict
+from greenml.controllers.operator import accounting_of, metrics_of
+from greenml.kube import ApiError, Conflict, Transient
+from greenml.metrics import record_workload
 from greenml.services import kueue as kq
 from greenml.services.board import PlanBoard
 from greenml.services.trainingjob import InvalidSpec
 
 log = logging.getLogger("greenml.kueue")
 KEY = ("Kueue", "", "")
+KIND = "Workload"         # the metrics' kind label
 
 
 def _by_name(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -77,34 +80,83 @@ def step(ctx: Context) -> datetime:
             board = boards[cq_name] = PlanBoard(ctx.defaults, ctx.board.source, replan_interval=ctx.board.replan_interval,
                                                 horizon=ctx.board.horizon,
                                                 capacity=lambda q=cq_name: quotas.get(q))
-        owner = None
-        ref = kq.owner_of(wl)
         meta = wl.get("metadata") or {}
+        ns, name = meta.get("namespace"), meta.get("name")
+        owner, problem = None, None
+        ref = kq.owner_of(wl)
         if ref is not None:
             api, plural, owner_name = ref
-            owner = kube.get(api, plural, meta.get("namespace"), owner_name)
+            try:
+                owner = kube.get(api, plural, ns, owner_name)
+            except Transient:
+                continue          # the next pass reads it again
+            except ApiError as exc:
+                problem = kq.owner_read_problem(ref, exc.status, str(exc))
         assigned = kq.assigned_flavors(wl)
         zone = kq.flavor_zone(flavors.get(assigned[0]) if assigned else None, s.zone_label, s.zone_map)
         ev = kq.evaluate(wl, owner, ours[0], board, now, ctx.defaults, defaults.get(ours[0], kq.CheckDefaults()),
-                         zone=zone)
-        seen.setdefault(cq_name, set()).add((meta.get("namespace"), meta.get("name")))
+                         zone=zone, owner_problem=problem)
+        seen.setdefault(cq_name, set()).add((ns, name))
         if ev.patch is not None:
             try:
                 kube.apply_workload_check(ev.patch)
             except Conflict:
                 continue          # the Workload was recreated: the next pass sees the new one
-            d = ev.decision
-            try:
-                kube.post_event(wl, "Warning" if ev.invalid else "Normal", d.reason, d.message)
-            except ApiError as exc:
-                log.warning("could not post Event %s for Workload %s/%s: %s", d.reason, meta.get("namespace"),
-                            meta.get("name"), exc)
-            log.info("Workload %s/%s: check %s %s (%s): %s", meta.get("namespace"), meta.get("name"), ours[0],
-                     d.state, d.reason, d.message)
+        account(ctx, wl, ev, board, now)
         if ev.decision.next_check is not None and ev.decision.next_check > now:
             nxt = min(nxt, ev.decision.next_check)
     for cq_name, board in boards.items():        # Workloads gone: off their board
         keep = seen.get(cq_name, set())
         for key in [k for k in board.keys() if k not in keep]:
             board.forget(key)
+    known: set[tuple[str, str]] = ctx.extras.setdefault("kueue_workloads", set())
+    everywhere = set().union(*seen.values()) if seen else set()
+    for ns, name in known - everywhere:          # and out of the metrics
+        metrics_of(ctx).forget(ns, name, KIND)
+    known.intersection_update(everywhere)
+    known.update(everywhere)
     return max(nxt, now + timedelta(seconds=1))
+
+
+#: reasons that are news in themselves; the others (Planned, RunNow, MinRunDuration, Running, …
+#: — the decision's wording while nothing changes for Kueue) are said once per state
+_NEWS = frozenset({"DeadlineForced", "InvalidAnnotations", "ForecastUnavailable", "WindowClosed"})
+
+
+def event_key(state: str | None, reason: str | None) -> tuple[str | None, str]:
+    """What an Event is posted for: a new state of the check, or a reason in ``_NEWS``."""
+    return state, reason if reason in _NEWS else ""
+
+
+def account(ctx: Context, wl: dict[str, Any], ev: kq.Evaluation, board: PlanBoard, now: datetime) -> None:
+    """After a Workload's turn: its record (``kq.ANN_RECORD``: state, plan, usage) written when it
+    changed, an Event and a log line when its state changed or a reason that is news came
+    (``event_key``; the record says what they were, so a restarted operator does not repeat
+    them), and its metrics (a decision counted with each Event)."""
+    meta = wl.get("metadata") or {}
+    ns, name = meta.get("namespace"), meta.get("name")
+    d = ev.decision
+    m = metrics_of(ctx)
+    if ev.obs is not None:
+        m.phase(ns, name, KIND, kq.workload_phase(ev.obs))
+    if ev.patch is None and ev.obs is not None and ev.obs.check_state != d.state:
+        return         # not written (Kueue has not added the check yet, or our Retry stands): not said
+    previous = kq.read_record(wl)
+    signal = board.signals.get(ev.req.zone) if ev.req is not None else None
+    record = kq.build_record(ev, previous, now, ctx.defaults, signal.now if signal else None)
+    # the Event before the record: an operator stopped in between says it again, never not at all
+    if event_key(previous.get("state"), previous.get("reason")) != event_key(d.state, d.reason) and d.reason != "Finished":
+        m.decision(KIND, d.reason)
+        try:
+            ctx.kube.post_event(wl, "Warning" if ev.invalid or d.reason == "DeadlineForced" else "Normal",
+                                d.reason, d.message)
+        except ApiError as exc:
+            log.warning("could not post Event %s for Workload %s/%s: %s", d.reason, ns, name, exc)
+        log.info("Workload %s/%s: check %s (%s): %s", ns, name, d.state, d.reason, d.message)
+    text = kq.record_patch(previous, record, now)
+    if text is not None:
+        try:
+            ctx.kube.annotate_workload(ns, name, {kq.ANN_RECORD: text})
+        except ApiError as exc:
+            log.warning("could not write the record of Workload %s/%s: %s", ns, name, exc)
+    record_workload(m, ns, name, record, accounting_of(ctx))

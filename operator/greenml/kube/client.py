@@ -256,6 +256,13 @@ class Kube:
         controllers do: server-side apply with a field manager of its own, forced."""
         return self.apply_status(body, "workloads")
 
+    def annotate_workload(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> dict[str, Any]:
+        """Set (None: remove) annotations of one Workload by merge patch, nothing else (the
+        check's record, ``greenml.services.kueue.ANN_RECORD``)."""
+        return self.request("PATCH", path_for(KUEUE_API, "workloads", namespace, name),
+                            f"annotate Workload {namespace}/{name}", body={"metadata": {"annotations": dict(annotations)}},
+                            params={"fieldManager": FIELD_MANAGER}, content_type="application/merge-patch+json")
+
     def set_admission_check_status(self, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
         """An AdmissionCheck's status (``greenml.services.kueue.admission_check_status``)."""
         return self.apply_status({"apiVersion": KUEUE_API, "kind": "AdmissionCheck", "metadata": {"name": name},

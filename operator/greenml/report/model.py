@@ -43,7 +43,7 @@ class BudgetUse:
 class Row:
     namespace: str
     name: str
-    kind: str                         # TrainingJob | InferenceBudget
+    kind: str                         # TrainingJob | InferenceBudget | Workload (Kueue)
     actual: Footprint
     savings: Savings | None = None    # None: no counterfactual recorded, no savings claimed
     basis: str = "measured"           # what the figures are: measured | planned (forecast) | simulated

@@ -44,7 +44,7 @@ def methodology(report: Report) -> list[str]:
     cf_text = ", ".join(f"{k} ({v} workloads)" for k, v in cfs.items()) or "none recorded: no savings are claimed"
     return [
         "Software Carbon Intensity (ISO/IEC 21031:2024): SCI = (E × I + M) per R; R = one training run "
-        "(TrainingJob) or one budget period (InferenceBudget).",
+        "(TrainingJob, or a Kueue Workload held by the carbon-window check) or one budget period (InferenceBudget).",
         f"E = IT energy × PUE {p.pue:g}. I = location-based **{p.kind}** grid intensity (gCO2e/kWh); "
         "average and marginal figures are never mixed.",
         f"M = embodied carbon of the reserved hardware, amortised over its life: {hw.gpu_embodied_kg:g} kgCO2e per GPU "

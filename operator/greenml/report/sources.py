@@ -7,6 +7,7 @@ actual intensity series. Savings are only claimed where a counterfactual was rec
 """
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -218,8 +219,9 @@ def read_jobs_power(path: Path) -> dict[str, tuple[int, float]]:
 # ------------------------------------------------------------------ cluster
 def rows_from_cluster(trainingjobs: Iterable[Mapping[str, Any]], budgets: Iterable[Mapping[str, Any]],
                       policy: AccountingPolicy, *, start: datetime | None = None,
-                      end: datetime | None = None) -> list[Row]:
-    """Rows from CR bodies as the API returns them; objects created in [start, end)."""
+                      end: datetime | None = None, workloads: Iterable[Mapping[str, Any]] = ()) -> list[Row]:
+    """Rows from CR bodies as the API returns them; objects created in [start, end).
+    ``workloads``: Kueue Workloads; those greenml's carbon-window check keeps a record on."""
     rows = []
     for obj in trainingjobs:
         if _in_period(obj, start, end):
@@ -227,6 +229,11 @@ def rows_from_cluster(trainingjobs: Iterable[Mapping[str, Any]], budgets: Iterab
     for obj in budgets:
         if _in_period(obj, start, end):
             rows.append(_ib_row(obj, policy))
+    for obj in workloads:
+        if _in_period(obj, start, end):
+            row = _wl_row(obj, policy)
+            if row is not None:
+                rows.append(row)
     return rows
 
 
@@ -257,16 +264,57 @@ def _tj_row(obj: Mapping[str, Any], policy: AccountingPolicy) -> Row:
     grams = _num(usage.get("grams", 0.0), f"{where}: status.usage.grams")
     seconds = _num(progress.get("runSeconds", 0.0), f"{where}: status.progress.runSeconds")
     actual = _fp(where, kwh, grams, float(gpus), seconds, policy)
-    savings = None
-    if plan.get("expectedGrams") is not None and plan.get("runNowGrams") is not None:
-        planned_kwh = kwh if kwh > 0 else 1.0     # the plan's grams are for the whole run; energy cancels
-        exp = _fp(where, planned_kwh, _num(plan["expectedGrams"], f"{where}: status.plan.expectedGrams"), 0, 0, policy)
-        cf = _fp(where, planned_kwh, _num(plan["runNowGrams"], f"{where}: status.plan.runNowGrams"), 0, 0, policy)
-        savings = Savings(exp, cf, RUN_NOW)
+    savings = _planned_savings(where, "status.plan", plan, kwh, policy)
     note = f"phase {status.get('phase', '?')}; energy: {usage.get('source', 'unknown')}"
     if savings is not None:
         note += f"; savings planned on the {plan.get('forecastSource', '?')} forecast"
     return Row(ns, name, "TrainingJob", actual, savings, "measured", note)
+
+
+def _planned_savings(where: str, field: str, plan: Mapping[str, Any], kwh: float,
+                     policy: AccountingPolicy) -> Savings | None:
+    """The plan's expected vs run-now grams (``field``: where they are, for errors); None when
+    the plan does not state both."""
+    if plan.get("expectedGrams") is None or plan.get("runNowGrams") is None:
+        return None
+    planned_kwh = kwh if kwh > 0 else 1.0     # the plan's grams are for the whole run; energy cancels
+    exp = _fp(where, planned_kwh, _num(plan["expectedGrams"], f"{where}: {field}.expectedGrams"), 0, 0, policy)
+    cf = _fp(where, planned_kwh, _num(plan["runNowGrams"], f"{where}: {field}.runNowGrams"), 0, 0, policy)
+    return Savings(exp, cf, RUN_NOW)
+
+
+def _wl_row(obj: Mapping[str, Any], policy: AccountingPolicy) -> Row | None:
+    """A Kueue Workload's row from the record greenml's check keeps on it (annotation
+    ``greenml.io/carbon-window``: usage and the last plan); None without a record."""
+    from greenml.services.kueue import ANN_RECORD
+
+    meta = obj.get("metadata") or {}
+    raw = (meta.get("annotations") or {}).get(ANN_RECORD)
+    if not raw:
+        return None
+    ns, name, where = _ident({**obj, "kind": obj.get("kind") or "Workload"})
+    try:
+        rec = json.loads(raw)
+    except ValueError:
+        raise ReportError(f"{where}: annotation {ANN_RECORD}: not JSON") from None
+    if not isinstance(rec, Mapping):
+        raise ReportError(f"{where}: annotation {ANN_RECORD}: expected a JSON object")
+    usage, plan = rec.get("usage") or {}, rec.get("plan") or {}
+    field = f"annotation {ANN_RECORD}"
+    kwh = _num(usage.get("energyKwh", 0.0), f"{where}: {field} usage.energyKwh")
+    grams = _num(usage.get("grams", 0.0), f"{where}: {field} usage.grams")
+    seconds = _num(usage.get("runSeconds", 0.0), f"{where}: {field} usage.runSeconds")
+    gpus = _num(rec.get("gpus", 0), f"{where}: {field} gpus")
+    actual = _fp(where, kwh, grams, gpus, seconds, policy)
+    savings = _planned_savings(where, f"{field} plan", plan, kwh, policy)
+    owner = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
+    note = f"Kueue {rec.get('phase', '?')}, check {rec.get('state', '?')} ({rec.get('reason', '?')})"
+    if owner:
+        note += f"; {owner.get('kind')} {owner.get('name')}"
+    note += f"; energy: {usage.get('source', 'unknown')}"
+    if savings is not None:
+        note += f"; savings planned on the {plan.get('forecastSource', '?')} forecast"
+    return Row(ns, name, "Workload", actual, savings, "measured", note)
 
 
 def _ib_row(obj: Mapping[str, Any], policy: AccountingPolicy) -> Row:

@@ -25,6 +25,7 @@ the ``Admitted`` condition turned True, so a restart of greenml (or of Kueue) lo
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from greenml.services.trainingjob import (
     JobRequirements,
     Progress,
     decide,
+    latest_start,
     resolve as resolve_trainingjob,
 )
 from greenml.timeutil import format_time
@@ -325,8 +327,12 @@ def observe(workload: Mapping[str, Any], check: str) -> WorkloadObservation:
     st = f.mapping(workload.get("status"))
     mine = next((f.mapping(c) for c in st.get("admissionChecks") or [] if f.mapping(c).get("name") == check), None)
     admitted = _condition(st, "Admitted")
+    finished = _condition(st, "Finished")
     past = f.number(st.get("accumulatedPastExecutionTimeSeconds"), 0.0, minimum=0.0)
     since = f.time((admitted or {}).get("lastTransitionTime")) if admitted else None
+    ended = f.time((finished or {}).get("lastTransitionTime")) if finished else None
+    if since is not None and ended is not None:       # the last run ended when it finished
+        past, since = past + max(0.0, (ended - since).total_seconds()), None
     requeue = (mine or {}).get("requeueAfterSeconds")
     return WorkloadObservation(
         check_state=(mine or {}).get("state"), check_message=str((mine or {}).get("message") or ""),
@@ -334,7 +340,7 @@ def observe(workload: Mapping[str, Any], check: str) -> WorkloadObservation:
         requeue_after=requeue if isinstance(requeue, int) and not isinstance(requeue, bool) else None,
         quota_reserved=_condition(st, "QuotaReserved") is not None,
         admitted=admitted is not None,
-        finished=_condition(st, "Finished") is not None,
+        finished=finished is not None,
         progress=Progress(run_seconds=past, running_since=since, runs=1 if (past or since) else 0),
     )
 
@@ -350,9 +356,19 @@ class CheckDecision:
     next_check: datetime | None = None  # when the decision may change (requeue the workload then)
 
     def differs(self, obs: WorkloadObservation) -> bool:
-        """Does the Workload's status need writing?"""
-        return (obs.check_state != self.state or obs.check_message != self.message
-                or (self.state == RETRY and obs.requeue_after != self.requeue_after))
+        """Does the Workload's status need writing? Not while our ``Retry`` stands and Kueue
+        still holds the quota (the eviction runs): Kueue evicts with strict
+        (resourceVersion-checked) patches, which each rewrite would make fail again; an
+        admitted workload's Retry is replaced only by a decision to run on (Ready). Once the
+        quota is released a Retry still standing is replaced (Kueue resets it to Pending on
+        eviction, but a later patch of its own, from a stale copy, was seen to put Retry back —
+        and a Workload with a Retry check is not requeued)."""
+        if obs.check_state == RETRY:
+            if obs.admitted:
+                return self.state == READY
+            if obs.quota_reserved:
+                return False
+        return obs.check_state != self.state or obs.check_message != self.message
 
 
 def _next_start(windows, now: datetime) -> datetime | None:
@@ -367,8 +383,9 @@ def decide_check(req: JobRequirements, obs: WorkloadObservation, plan: PlannedJo
       without a forecast) → ``Ready``; a running non-interruptible workload stays Ready;
     - otherwise ``Pending``, its message naming the planned start;
     - an admitted interruptible workload whose window closed (past its minimum run) → ``Retry``
-      with ``requeueAfterSeconds`` up to its next window: Kueue evicts it, releases the quota,
-      resets the check to Pending and requeues it after that delay;
+      (``requeue_after``: the seconds to its next window, said in the message, not written —
+      see ``check_patch``): Kueue evicts it, releases the quota, resets the check to Pending
+      and requeues it; the check holds it Pending until that window;
     - a finished workload keeps the state it has.
     """
     if obs.finished:
@@ -385,7 +402,9 @@ def decide_check(req: JobRequirements, obs: WorkloadObservation, plan: PlannedJo
         if out.reason == "DeadlineForced":
             msg = f"admitted without waiting longer: {msg} (deadline {format_time(req.deadline)})"
         elif end is not None:
-            msg = f"low-carbon window open until {format_time(end)}{savings}"
+            # no "% less than now" here: it moves with every slot while the window is open, and
+            # each rewrite of the Workload's status is one more conflict for Kueue's own patches
+            msg = f"low-carbon window open until {format_time(end)}"
         return CheckDecision(READY, out.reason, msg,
                              next_check=min(end, latest) if (req.interruptible and end) else None)
     if out.action == "pause":
@@ -418,8 +437,11 @@ def check_patch(workload: Mapping[str, Any], check: str, decision: CheckDecision
     since = obs.check_since if (obs.check_state == decision.state and obs.check_since) else now
     entry: dict[str, Any] = {"name": check, "state": decision.state, "message": decision.message[:32768],
                              "lastTransitionTime": format_time(since)}
-    if decision.state == RETRY and decision.requeue_after is not None:
-        entry["requeueAfterSeconds"] = decision.requeue_after
+    # no requeueAfterSeconds with Retry: Kueue v0.15 turns it into status.requeueState.requeueAt
+    # *before* it evicts, and its Workload controller waits for that backoff to pass before it
+    # evicts — the workload would run on through the dirty hours and be evicted only when the
+    # next window opens (seen on the real Kueue, e2e/test_kueue_e2e.py). Without it Kueue evicts
+    # at once, requeues, and the check holds the workload Pending until its next window.
     return {"apiVersion": KUEUE_API, "kind": "Workload",
             "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"),
                          **({"uid": meta["uid"]} if meta.get("uid") else {})},
@@ -437,41 +459,136 @@ class Evaluation:
     req: JobRequirements | None = None          # None when its annotations could not be resolved
     plan: PlannedJob | None = None
     invalid: InvalidSpec | None = None          # for a Warning Event
+    obs: WorkloadObservation | None = None
 
 
 def evaluate(workload: Mapping[str, Any], owner: Mapping[str, Any] | None, check: str, board: PlanBoard,
              now: datetime, defaults: Defaults, check_defaults: CheckDefaults = CheckDefaults(), *,
-             zone: str | None = None) -> Evaluation:
+             zone: str | None = None, owner_problem: InvalidSpec | None = None) -> Evaluation:
     """The controller's whole step for one Workload that carries ``check``: observe its status,
     resolve its request, keep it on ``board`` (the board of its ClusterQueue, whose capacity is
     ``queue_capacity``), take its plan, decide, and build the patch when the state changes.
     A finished Workload leaves the board. ``zone``: ``flavor_zone`` of its assigned flavor.
     Nothing is written before Kueue has added the check to the Workload's status (it does so
-    for the checks its ClusterQueue names): an entry of ours would only fight its sync."""
+    for the checks its ClusterQueue names): an entry of ours would only fight its sync.
+    ``owner_problem``: the owner could not be read (``owner_read_problem``): its annotations are
+    unknown, so the Workload is not shifted — it fails open, as for annotations that do not parse."""
     obs = observe(workload, check)
     meta = f.mapping(workload.get("metadata"))
     key = (str(meta.get("namespace") or "default"), str(meta.get("name") or ""))
     try:
+        if owner_problem is not None:
+            raise owner_problem
         req = resolve(workload, owner, defaults, check_defaults, zone=zone)
     except InvalidSpec as exc:
         board.forget(key)
         d = decide_invalid(exc)
         write = obs.check_state is not None and d.differs(obs)
-        return Evaluation(d, check_patch(workload, check, d, obs, now) if write else None, invalid=exc)
+        return Evaluation(d, check_patch(workload, check, d, obs, now) if write else None, invalid=exc, obs=obs)
     if obs.finished:
         board.forget(req.key)
-        return Evaluation(decide_check(req, obs, None, now, defaults), None, req)
+        return Evaluation(decide_check(req, obs, None, now, defaults), None, req, obs=obs)
     board.observe(req, obs.progress, obs.running)
     plan, failure = board.plan_for(req.key, now)
     d = decide_check(req, obs, plan, now, defaults, forecast_problem=failure.message if failure else None)
     write = obs.check_state is not None and d.differs(obs)
-    return Evaluation(d, check_patch(workload, check, d, obs, now) if write else None, req, plan)
+    return Evaluation(d, check_patch(workload, check, d, obs, now) if write else None, req, plan, obs=obs)
+
+
+def owner_read_problem(ref: tuple[str, str, str], status: int | None, error: str) -> InvalidSpec:
+    """The owner named by ``ref`` (``owner_of``) could not be read (``status``: the HTTP status,
+    403 when the operator's role lacks ``get`` on that kind): what ``evaluate`` reports."""
+    api, plural, name = ref
+    group = api.rpartition("/")[0] or "core"
+    hint = (f": grant the operator get on {plural} ({group}); the chart's kueue.ownerResources lists them"
+            if status == 403 else "")
+    return InvalidSpec(f"owner {plural}/{name}", f"cannot read its annotations ({error}){hint}")
+
+
+# ---------------------------------------------------------------- the record: status and accounting
+
+#: on the Workload: what greenml planned and accounted for it (JSON), the status a TrainingJob
+#: keeps in ``status.plan`` / ``status.usage``; read back after a restart and by ``greenml report``
+ANN_RECORD = "greenml.io/carbon-window"
+#: how often a changed record is written when only its figures moved (usage, run-now grams)
+RECORD_INTERVAL = timedelta(minutes=5)
+
+
+def workload_phase(obs: WorkloadObservation) -> str:
+    """Waiting (not admitted: held, or evicted and requeued), Running (admitted), Finished."""
+    return "Finished" if obs.finished else "Running" if obs.admitted else "Waiting"
+
+
+def read_record(workload: Mapping[str, Any]) -> dict[str, Any]:
+    """The Workload's record (``ANN_RECORD``); {} when there is none or it does not parse."""
+    raw = (f.mapping(workload.get("metadata")).get("annotations") or {}).get(ANN_RECORD)
+    try:
+        rec = json.loads(raw) if raw else {}
+    except (TypeError, ValueError):
+        return {}
+    return rec if isinstance(rec, dict) else {}
+
+
+def plan_record(plan: PlannedJob, latest_start: datetime | None) -> dict[str, Any]:
+    return {"plannedStart": format_time(plan.planned_start) if plan.planned_start else None,
+            "latestStart": format_time(latest_start) if latest_start else None,
+            "expectedGrams": round(plan.expected_grams, 3), "runNowGrams": round(plan.run_now_grams, 3),
+            "savingsPercent": plan.savings_percent,
+            "forecastSource": f"{plan.source}{' (estimate)' if plan.estimate else ''}"}
+
+
+def build_record(ev: Evaluation, previous: Mapping[str, Any], now: datetime, defaults: Defaults,
+                 intensity: float | None) -> dict[str, Any]:
+    """The Workload's record after ``ev``: the check's state and reason, its phase, the request
+    (zone, GPUs, watts, deadline), the plan (the last one is kept once it finished), and usage —
+    run time as Kueue counts it × the request's watts; grams accrue the energy used since the
+    previous record at ``intensity`` (g/kWh, the planner's current slot), as a TrainingJob's
+    ``status.usage.grams`` does."""
+    d, obs, req = ev.decision, ev.obs, ev.req
+    rec: dict[str, Any] = {"state": d.state, "reason": d.reason}
+    if obs is not None:
+        rec["phase"] = workload_phase(obs)
+    if req is None:
+        return {**rec, "updatedAt": format_time(now)}
+    rec.update(zone=req.zone, gpus=req.gpus, watts=round(req.watts, 3), deadline=format_time(req.deadline))
+    if ev.plan is not None:
+        rec["plan"] = plan_record(ev.plan, latest_start(req, obs.progress if obs else Progress(), now, defaults))
+    elif isinstance(previous.get("plan"), Mapping):
+        rec["plan"] = dict(previous["plan"])
+    run_s = obs.progress.total(now) if obs is not None else 0.0
+    kwh = round(run_s * req.watts / 3.6e6, 6)
+    used = f.mapping(previous.get("usage"))
+    grams = f.number(used.get("grams"), 0.0, minimum=0.0)
+    if intensity is not None:
+        grams += max(0.0, kwh - f.number(used.get("energyKwh"), 0.0, minimum=0.0)) * intensity
+    rec["usage"] = {"runSeconds": round(run_s, 1), "energyKwh": kwh, "grams": round(grams, 3),
+                    "source": f"power-model ({req.power_source})"}
+    return {**rec, "updatedAt": format_time(now)}
+
+
+def record_patch(previous: Mapping[str, Any], record: Mapping[str, Any], now: datetime) -> str | None:
+    """The record to write (JSON), or None: written when the state, reason, phase or planned
+    start changed, and otherwise at most every ``RECORD_INTERVAL`` while its figures move."""
+    def same(*keys: str) -> bool:
+        return all(previous.get(k) == record.get(k) for k in keys)
+
+    if not previous:
+        return json.dumps(record, sort_keys=True)
+    plans = (f.mapping(previous.get("plan")).get("plannedStart"), f.mapping(record.get("plan")).get("plannedStart"))
+    if not same("state", "reason", "phase", "zone", "gpus", "watts", "deadline") or plans[0] != plans[1]:
+        return json.dumps(record, sort_keys=True)
+    drop = ("updatedAt",)
+    if {k: v for k, v in previous.items() if k not in drop} == {k: v for k, v in record.items() if k not in drop}:
+        return None
+    last = f.time(previous.get("updatedAt"))
+    return json.dumps(record, sort_keys=True) if last is None or now - last >= RECORD_INTERVAL else None
 
 
 __all__ = [
     "ANN_DEADLINE", "ANN_ESTIMATED_DURATION", "ANN_INTERRUPTIBLE", "ANN_MAX_DELAY", "CONTROLLER_NAME",
     "CheckDecision", "CheckDefaults", "Evaluation", "PENDING", "READY", "RETRY", "WorkloadObservation",
     "admission_check_status", "assigned_flavors", "check_patch", "cluster_queue_of", "decide_check", "decide_invalid",
-    "evaluate", "flavor_zone", "observe",
+    "evaluate", "flavor_zone", "observe", "ANN_RECORD", "build_record", "owner_read_problem", "read_record",
+    "record_patch", "workload_phase",
     "our_checks", "owner_of", "queue_capacity", "queue_checks", "resolve", "workload_gpus",
 ]
