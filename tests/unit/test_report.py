@@ -217,3 +217,34 @@ def test_cluster_rows_for_kueue_workloads_from_the_checks_record():
     broken["metadata"]["annotations"] = {"greenml.io/carbon-window": "{not json"}
     with pytest.raises(ReportError, match="not JSON"):
         rows_from_cluster([], [], AccountingPolicy(), workloads=[broken])
+
+
+async def test_cli_reports_kueue_workloads_through_kube(kmock, tmp_path, monkeypatch, capsys):
+    """`greenml report` on a cluster with Kueue: the Workload carrying the check's record is a
+    row of kind Workload, beside the TrainingJobs; without Kueue (404) there are none and no note."""
+    import asyncio
+
+    import kmock as km
+
+    from tests.integration.harness import declare_resources, write_kubeconfig
+
+    declare_resources(kmock)
+    created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kc", str(kmock.url))))
+    rc = await asyncio.to_thread(main, ["report", "--since", "1d", "--format", "json", "-o", str(tmp_path / "a.json")])
+    assert rc == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "a.json").read_text())["workloads"] == []        # no Kueue: 404, nothing said
+
+    kmock.resources["kueue.x-k8s.io/v1beta2/workloads"] = km.ResourceInfo(kind="Workload", namespaced=True,
+                                                                          verbs={"get", "list"}, subresources=set())
+    rec = {"state": "Ready", "reason": "Finished", "phase": "Finished", "gpus": 2, "watts": 800.0,
+           "plan": {"expectedGrams": 60.0, "runNowGrams": 100.0, "forecastSource": "file"},
+           "usage": {"runSeconds": 3600.0, "energyKwh": 0.8, "grams": 64.0, "source": "power-model (spec)"}}
+    kmock.objects["kueue.x-k8s.io/v1beta2/workloads", "ml", "job-train-1"] = _wl("ml", "job-train-1", created, rec)
+    kmock.objects["kueue.x-k8s.io/v1beta2/workloads", "ml", "job-plain"] = _wl("ml", "job-plain", created)
+    rc = await asyncio.to_thread(main, ["report", "--since", "1d", "--format", "json", "-o", str(tmp_path / "b.json")])
+    assert rc == 0, capsys.readouterr().err
+    [row] = json.loads((tmp_path / "b.json").read_text())["workloads"]
+    assert (row["namespace"], row["name"], row["kind"]) == ("ml", "job-train-1", "Workload")
+    assert row["actual"]["energyKwh"] == 0.8 and row["actual"]["operationalGrams"] == 64.0   # PUE 1 by default
+    assert row["savings"]["savedGrams"] == pytest.approx(40.0) and "Job train" in row["note"]

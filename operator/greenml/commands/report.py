@@ -124,7 +124,7 @@ def build(args: argparse.Namespace, now: datetime) -> Report:
     else:
         tjs, ibs, server = fetch_cluster(args.namespace)
         rows = rows_from_cluster(tjs, ibs, policy, start=start, end=end or now,
-                                 workloads=fetch_workloads(args.namespace))
+                                 workloads=fetch_workloads(args.namespace, notes))
         end = end or now
         source = f"cluster {server} (CR statuses)"
         notes.append("usage.grams accrues IT energy at the planner's current-slot intensity; embodied carbon uses "
@@ -152,9 +152,10 @@ def fetch_cluster(namespaces: list[str] | None):
     return out["trainingjobs"], out["inferencebudgets"], kube.host
 
 
-def fetch_workloads(namespaces: list[str] | None) -> list:
+def fetch_workloads(namespaces: list[str] | None, notes: list[str]) -> list:
     """Kueue Workloads (those greenml's carbon-window check keeps a record on make rows); none
-    where Kueue is not installed (404) or the reader may not list them (403)."""
+    where Kueue is not installed (404). Any other failure (no right to list them, Kueue's
+    conversion webhook down) leaves them out with a line in ``notes``, not the whole report."""
     from greenml.kube import ApiError, Kube, NotFound
     from greenml.kube.client import path_for
     from greenml.report.sources import list_items
@@ -167,10 +168,9 @@ def fetch_workloads(namespaces: list[str] | None) -> list:
                                   "list workloads"))
         except NotFound:
             return []
-        except ApiError as exc:
-            if exc.status == 403:
-                return []
-            raise ReportError(f"cannot list Kueue workloads{' in ' + ns if ns else ''}: {exc}") from None
+        except (ApiError, ReportError) as exc:
+            notes.append(f"Kueue Workloads left out: cannot list them{' in ' + ns if ns else ''}: {exc}")
+            return []
     return out
 
 
