@@ -430,7 +430,9 @@ def test_after_create_says_the_wait_at_once_so_the_jobs_watch_event_changes_noth
     assert said.action == "create" and said.changes_job
     # what the reconcile woken by the new Job's watch event decides: the same phase and reason
     nxt = decide(req, none, JobObservation(exists=True, suspended=True), windows((3, 5)), T0, D, plan_reason="Planned")
-    assert (said.phase, said.reason, said.progress) == (nxt.phase, nxt.reason, nxt.progress) == ("Waiting", "Planned", none)
-    assert said.message.startswith(created.message) and nxt.message in said.message
+    assert (said.phase, said.reason, said.progress, said.message) == (nxt.phase, nxt.reason, nxt.progress, nxt.message)
+    assert said.phase == "Waiting" and said.reason == "Planned"
+    # the Event and lastDecision say both what was done and what follows
+    assert said.said == f"{created.message}; {nxt.message}" and nxt.said == nxt.message
     # a window open now: the start is the next reconcile's, the create stands as it was
     assert after_create(req, none, none, created, windows((0, 5)), "Planned", 1.0, T0, D) is created

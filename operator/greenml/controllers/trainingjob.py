@@ -493,10 +493,10 @@ def write_status(body, status, patch: Patch, req, outcome: Outcome, plan, failur
     last = status.get("lastDecision") or {}
     if outcome.changes_job or outcome.phase != status.get("phase") or last.get("reason") != outcome.reason:
         patch.status["lastDecision"] = {"time": format_time(now), "action": outcome.action,
-                                        "reason": outcome.reason, "message": outcome.message}
+                                        "reason": outcome.reason, "message": outcome.said}
         warning = outcome.phase == "Failed" or outcome.reason in ("DeadlineForced", "ForecastUnavailable")
         post_event(body, warning, outcome.reason if outcome.action == "none" else outcome.action.capitalize(),
-                   outcome.message)
+                   outcome.said)
 
 
 # ------------------------------------------------------------------ the loop's handler

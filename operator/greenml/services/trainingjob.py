@@ -560,6 +560,13 @@ class Outcome:
     progress: Progress
     remaining: timedelta
     latest_start: datetime
+    #: what was done on the way, said in the Event and lastDecision before ``message`` (the
+    #: Ready condition carries ``message`` alone, so the next reconcile finds it unchanged)
+    done: str = ""
+
+    @property
+    def said(self) -> str:
+        return f"{self.done}; {self.message}" if self.done else self.message
 
     @property
     def changes_job(self) -> bool:
@@ -673,7 +680,8 @@ def after_create(req: JobRequirements, progress: Progress, view: Progress, creat
                  now: datetime, defaults: Defaults) -> Outcome:
     """The Job was just created (suspended): what the next reconcile would decide, said now.
     When that is to wait, the status and the one Event say both (action ``create``, the plan's
-    reason), so the Job's watch event that follows changes nothing — else every new
+    reason, the wait's message; the creation in ``done``), so the Job's watch event that
+    follows changes nothing — else every new
     TrainingJob cost two status writes and two Events (measured at 5,000 on the real control
     plane: 10,000 PATCHes, half of them in what should have been a quiet window)."""
     then = decide(req, view, JobObservation(exists=True, suspended=True), windows, now, defaults,
@@ -681,7 +689,7 @@ def after_create(req: JobRequirements, progress: Progress, view: Progress, creat
     if then.action != "none":
         return created                  # a start follows at once (the Job's watch event wakes it)
     then = persist_capped(req, progress, view, then, speed, now)
-    return replace(then, action="create", message=f"{created.message}; {then.message}")
+    return replace(then, action="create", done=created.message)
 
 
 def next_wakeup(req: JobRequirements, outcome: Outcome, windows: Sequence[tuple[datetime, datetime]] | None,
