@@ -29,6 +29,26 @@ def test_bench_shifting_quick(bench_out):
     assert all(t["deadlines_met"] == "12/12" for t in out["table"] if t["policy"] in ("greenml", "oracle"))
 
 
+def test_bench_shifting_forecast_quality_and_held_out(bench_out):
+    """The builtin forecaster's savings next to its MAE and rank quality, per zone; the
+    held-out series are run where their data is present (each skipped alone otherwise)."""
+    shared_data_file("carbon_intensity/electricitymaps_DE_hourly_2021-2024.csv")
+    shared_data_file("cluster_traces/philly_2017_job_runtimes_via_alibaba_v2020_analysis.csv")
+    shared_data_file("cluster_traces/alibaba_gpu_v2023_openb_pods.csv")
+    from bench import bench_shifting
+    assert bench_shifting.main(["--zones", "DE", "--windows", "1", "--jobs", "8", "--capacity", "false",
+                                "--forecasts", "perfect", "builtin", "--policies", "greenml", "--workers", "1"]) == 0
+    out = json.loads((bench_out / "shifting.json").read_text())
+    q = {(t["zone"], t["forecast"]): t for t in out["forecast_quality"]}
+    de = q[("DE", "builtin")]
+    assert de["goal"] == 0.8 and de["windows"] == 1 and de["mae_24h"] > 0 and -1 <= de["spearman_24h"] <= 1
+    assert de["goal_met"] == (de["fraction_of_oracle"] >= 0.8)
+    for zone in bench_shifting.HELD_OUT:
+        if bench_shifting.data_file(bench_shifting.HELD_OUT[zone][0]) is not None:
+            assert q[(zone, "builtin")]["goal"] == 0.5
+    assert "Forecast quality vs savings kept" in (bench_out / "shifting.md").read_text()
+
+
 def test_bench_lwa_quick(bench_out):
     shared_data_file("carbon_intensity/lets_wait_awhile_GB_2020.csv")
     from bench import bench_lwa

@@ -13,7 +13,18 @@ P is the mean of the last ``days`` days at each slot of the day, weighted by
 Output is at the history's resolution, up to ``max_horizon`` (72 h). numpy only, O(n).
 Defaults (half-life 4 d, tau 24 h, tau_p 2 h) were picked by a small grid search on
 150 origins per zone (DE, GB, US-CAL-CISO) of the Electricity Maps 2021-2024 traces.
-Its accuracy on 2021-2024 data vs persistence and NESO is in bench/results/forecaster.json.
+Its accuracy on 2021-2024 data vs persistence and NESO is in bench/results/forecaster.json,
+what it keeps of perfect-forecast savings in bench/results/shifting.json.
+
+``blend_with_provider`` is for when a provider forecast exists: the provider's forecast,
+corrected by the latest actual (the gap between the last observed value and what the
+provider said for that slot, fading with lead: ``exp(-lead / provider_correction_tau_hours)``),
+then mixed with this forecaster's own (weight ``provider_own_weight`` where it covers):
+
+    b(L) = (1 - w) * (p(L) + (x_last - p(last)) * exp(-L / tau_c)) + w * f(L)
+
+A provider forecast is issued every few hours (NESO's fw48h: every 30 min, scraped here
+every ~6 h) while actuals arrive every slot; the correction carries what happened since.
 """
 from __future__ import annotations
 
@@ -36,6 +47,10 @@ class ForecasterPolicy:
     persistence_tau_hours: float = 2.0  # weight of the last value itself, exp(-lead / this)
     min_history: timedelta = timedelta(days=1)
     max_horizon: timedelta = timedelta(hours=72)
+    # blend_with_provider: how fast the latest actual's correction of a provider forecast fades,
+    # and the weight of this forecaster's own forecast in the blend (0: provider + correction only)
+    provider_correction_tau_hours: float = 6.0
+    provider_own_weight: float = 0.2
 
 
 def _daily_profile(vals: np.ndarray, per_day: int, ages_days: np.ndarray, half_life: float) -> np.ndarray:
@@ -102,3 +117,55 @@ def forecast_from_history(history: IntensitySeries, now: datetime, horizon: time
     return IntensitySeries(start, history.step, out, source=f"forecaster({history.source})", estimate=True,
                            issued_at=now, kind=history.kind,
                            meta={"model": "profile+anomaly", "history_days": round(len(vals) * step / _DAY, 2)})
+
+
+def blend_with_provider(provider: IntensitySeries, history: IntensitySeries | None, now: datetime,
+                        horizon: timedelta, policy: ForecasterPolicy = ForecasterPolicy()) -> IntensitySeries:
+    """A provider forecast, corrected by the latest actual and blended with the own forecast.
+
+    On the provider's grid, from the slot containing ``now`` (or the provider's start, if
+    later) to the provider's end (at most ``now + horizon``). Only ``history`` before ``now``
+    is used. Without usable history (none, another kind, gaps, too short for the own
+    forecaster), what can be done is: the correction needs one past value, the own blend
+    ``policy.min_history``; the provider forecast is returned unchanged when neither can.
+    """
+    now = ensure_utc(now)
+    pstep = provider.step
+    i0 = max(0, provider.index_of(now))
+    end = min(provider.end, now + horizon)
+    n = max(1, int(-(-(end - (provider.start + pstep * i0)).total_seconds() // pstep.total_seconds())))
+    start = provider.start + pstep * i0
+    p = provider.resample(start, pstep, n)
+    meta = {**provider.meta, "model": "provider+correction+own", "provider_source": provider.source}
+    if history is None or len(history) == 0 or history.kind != provider.kind:
+        return _with_values(provider, start, p, {**meta, "correction": None, "own_weight": 0.0})
+    last = min(len(history), history.index_of(now)) - 1
+    if last < 0 or not np.isfinite(history.values[last]):
+        return _with_values(provider, start, p, {**meta, "correction": None, "own_weight": 0.0})
+    t_last = history.start + history.step * last            # the last observed slot, [t_last, t_last + step)
+    p_last = float(provider.resample(t_last, history.step, 1)[0])    # edge value if the provider starts later
+    corr = float(history.values[last]) - p_last
+    f_times = start.timestamp() + pstep.total_seconds() * np.arange(n)
+    lead_h = np.maximum(f_times - (t_last + history.step).timestamp(), 0.0) / 3600.0 + pstep.total_seconds() / 3600.0
+    tau = policy.provider_correction_tau_hours
+    out = p + (corr * np.exp(-lead_h / tau) if tau > 0 else 0.0)
+    w_used = 0.0
+    w = policy.provider_own_weight
+    if w > 0:
+        try:
+            own = forecast_from_history(history.window(history.start, history.start + history.step * (last + 1)),
+                                        now, horizon, policy)
+        except SignalError:
+            own = None
+        if own is not None:
+            o = own.resample(start, pstep, n, fill="nan")
+            covered = np.isfinite(o)
+            out = np.where(covered, (1 - w) * out + w * np.where(covered, o, 0.0), out)
+            w_used = w
+    return _with_values(provider, start, np.maximum(out, 0.0),
+                          {**meta, "correction": round(corr, 2), "own_weight": w_used})
+
+
+def _with_values(series: IntensitySeries, start: datetime, values: np.ndarray, meta: dict) -> IntensitySeries:
+    return IntensitySeries(start, series.step, values, source=f"blend({series.source})", estimate=True,
+                           issued_at=series.issued_at, kind=series.kind, meta=meta)

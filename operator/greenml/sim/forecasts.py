@@ -8,6 +8,8 @@ IntensitySeries`` that ``SeriesSource`` accepts.
 - ``snapshots``: forecasts as really issued (FORECASTS.csv): the latest issue at or
   before ``now``.
 - ``builtin``: greenml's own forecaster (``greenml.signals.forecaster``) from past actuals only.
+- ``blended``: a provider's forecasts as issued (``snapshots``), corrected by the latest
+  actual and blended with the builtin forecaster (``forecaster.blend_with_provider``).
 - ``seasonal_naive``: the last 24 h repeated (a reference point for the benchmarks).
 """
 from __future__ import annotations
@@ -77,6 +79,12 @@ def snapshots(snaps: ForecastSnapshots) -> Forecaster:
     return forecast
 
 
+def _past(actual: IntensitySeries, now: datetime, lookback: timedelta) -> IntensitySeries:
+    """The actuals of the ``lookback`` before ``now`` (the slot containing ``now`` excluded)."""
+    i = actual.index_of(now)
+    return actual.window(max(actual.start, now - lookback), actual.start + actual.step * max(0, i))
+
+
 def builtin(actual: IntensitySeries) -> Forecaster:
     """Greenml's own forecaster (``signals.forecaster.forecast_from_history``) fed only the
     actuals before ``now`` (the history is cut there before the forecaster sees it)."""
@@ -86,11 +94,26 @@ def builtin(actual: IntensitySeries) -> Forecaster:
     lookback = timedelta(days=fp.days)
 
     def forecast(zone: str, now: datetime, horizon: timedelta) -> IntensitySeries:
-        i = actual.index_of(now)
-        past = actual.window(max(actual.start, now - lookback), actual.start + actual.step * max(0, i))
+        past = _past(actual, now, lookback)
         if len(past) == 0:
             raise SignalError(f"no history before {now.isoformat()} to forecast from", reason="InsufficientHistory")
         return forecast_from_history(past, now, horizon, fp)
+    return forecast
+
+
+def blended(snaps: ForecastSnapshots, actual: IntensitySeries) -> Forecaster:
+    """The provider's forecast as issued at ``now`` (``snapshots``), corrected by the last
+    actual before ``now`` and blended with the builtin forecaster on the actuals before ``now``
+    (``signals.forecaster.blend_with_provider``)."""
+    from greenml.signals.forecaster import ForecasterPolicy, blend_with_provider
+
+    fp = ForecasterPolicy()
+    lookback = timedelta(days=fp.days)
+    provider = snapshots(snaps)
+
+    def forecast(zone: str, now: datetime, horizon: timedelta) -> IntensitySeries:
+        b = blend_with_provider(provider(zone, now, horizon), _past(actual, now, lookback), now, horizon, fp)
+        return replace(b, meta={**b.meta, "forecast": "blended"})
     return forecast
 
 
