@@ -56,6 +56,9 @@ async def test_no_token_in_logs_status_events_requests_or_metrics(api, tmp_path)
             await wait_for("a plan", lambda: _planned(api, "sec"), op=op)
             prov.mode = "401"
             await wait_for("ForecastUnavailable", lambda: _cond(api, "sec-zz", "ForecastUnavailable"), op=op)
+            # the error paths ran and were logged (the Event is logged after the status write)
+            await wait_for("the error in the log", lambda: any(s in op.logs() for s in ("401", "Unauthorized",
+                                                                                        "ForecastUnavailable")), op=op)
             endpoints = [_fetch(f"http://127.0.0.1:{env['GREENML_HEALTH_PORT']}/healthz"),
                          _fetch(f"http://127.0.0.1:{env['GREENML_METRICS_PORT']}/metrics")]
             logs = op.logs()

@@ -436,3 +436,5 @@ def test_after_create_says_the_wait_at_once_so_the_jobs_watch_event_changes_noth
     assert said.said == f"{created.message}; {nxt.message}" and nxt.said == nxt.message
     # a window open now: the start is the next reconcile's, the create stands as it was
     assert after_create(req, none, none, created, windows((0, 5)), "Planned", 1.0, T0, D) is created
+    # no forecast: the ForecastUnavailable Warning is the next reconcile's own Event
+    assert after_create(req, none, none, created, None, None, 1.0, T0, D) is created

@@ -686,8 +686,10 @@ def after_create(req: JobRequirements, progress: Progress, view: Progress, creat
     plane: 10,000 PATCHes, half of them in what should have been a quiet window)."""
     then = decide(req, view, JobObservation(exists=True, suspended=True), windows, now, defaults,
                   plan_reason=plan_reason)
-    if then.action != "none":
-        return created                  # a start follows at once (the Job's watch event wakes it)
+    if then.action != "none" or then.reason != "Planned":
+        # a start follows at once (the Job's watch event wakes it); a wait without a plan
+        # (ForecastUnavailable) or that cannot be placed keeps its own Event and reason
+        return created
     then = persist_capped(req, progress, view, then, speed, now)
     return replace(then, action="create", done=created.message)
 
