@@ -19,7 +19,9 @@ Inputs (all from ../shared/data, read in place, never copied):
     so the constant cancels out of every reported ratio).
 
 Budgets: 50 / 70 / 90 % of the always-best policy's mean daily spend in that zone.
-Policies: paced (decide(), perfect and 10 %-noise forecasts), always-best, always-cheapest,
+Policies: paced (decide(), perfect and 10 %-noise forecasts, and ``online``: the operator's own
+intensity and load forecasters fed only the past, with ``WARMUP`` days of history before the
+year), always-best, always-cheapest,
 threshold (best when the current intensity ≤ the trace median, else cheapest), and the
 offline optimum (λ rounding + greedy fill; its LP/Lagrangian bound is reported too).
 
@@ -42,8 +44,8 @@ from bench._common import data_file, write_result  # noqa: E402
 from greenml.api import InferenceBudgetSpec  # noqa: E402
 from greenml.planning.inference import BudgetModel, compile_spec  # noqa: E402
 from greenml.planning.periods import zone_info  # noqa: E402
-from greenml.sim.inference import (always_best, always_cheapest, offline_reference, read_intensity_csv,  # noqa: E402
-                                   simulate_inference, threshold_policy)
+from greenml.sim.inference import (OnlineForecasts, always_best, always_cheapest, offline_reference,  # noqa: E402
+                                   read_intensity_csv, simulate_inference, threshold_policy)
 from greenml.signals.base import IntensitySeries  # noqa: E402
 from greenml.timeutil import parse_time  # noqa: E402
 
@@ -51,6 +53,7 @@ ZONES = {"DE": "Europe/Berlin", "GB": "Europe/London", "US-CAL-CISO": "America/L
          "US-MIDA-PJM": "America/New_York"}
 FRACTIONS = (0.5, 0.7, 0.9)
 NOISE = (0.0, 0.1)
+WARMUP = timedelta(days=28)   # history before the replayed year (the online forecasters' look-back)
 MEAN_RPS = 2.0
 LLM = ("lmsys/vicuna-13B", "lmsys/vicuna-7B", "RWKV/rwkv-raven-7b")
 TFLITE = ("Mobilenet_V1_1.0_224", "Mobilenet_V1_1.0_224_quant", "Mobilenet_V1_0.75_224_quant")
@@ -118,6 +121,19 @@ def diurnal_load(minute_rates: np.ndarray, series: IntensitySeries, tz: str) -> 
     return out
 
 
+def varied_load(base: np.ndarray, series: IntensitySeries, tz: str, seed: int = 7) -> np.ndarray:
+    """A harder load for the online forecaster (made up, on top of the real shape): each
+    local day's level × 0.7 on weekends × exp(N(0, 0.15)), and every step × (1 + N(0, 0.1))."""
+    rng = np.random.default_rng(seed)
+    z = zone_info(tz)
+    days = np.array([t.astimezone(z).toordinal() for t in series.times()])
+    uniq, inv = np.unique(days, return_inverse=True)
+    weekend = np.array([datetime.fromordinal(int(d)).weekday() >= 5 for d in uniq])
+    level = np.where(weekend, 0.7, 1.0) * np.exp(0.15 * rng.standard_normal(uniq.size))
+    noise = np.maximum(0.0, 1.0 + 0.1 * rng.standard_normal(base.size))
+    return base * level[inv] * noise
+
+
 def _row(family: str, zone: str, frac: float, name: str, summary: dict, periods: list[dict] | None,
          budget: float, feasible: list[bool], opt: dict, elapsed: float) -> dict:
     """One result row; adherence is recomputed against ``budget`` (baselines ignore it)."""
@@ -145,12 +161,16 @@ def _timed(fn, *args, **kw):
     return out, time.perf_counter() - t0
 
 
-def run_case(family: str, zone: str, model: BudgetModel, series: IntensitySeries, load: np.ndarray) -> list[dict]:
-    """All policies for one zone and variant family at every budget fraction."""
+def run_case(family: str, zone: str, model: BudgetModel, series: IntensitySeries, load: np.ndarray,
+             online: OnlineForecasts | None = None, only_paced: bool = False) -> list[dict]:
+    """All policies for one zone and variant family at every budget fraction; ``online``
+    (the traces from ``WARMUP`` before ``series``) adds the paced policy on the operator's
+    own forecasts."""
     threshold = float(np.median(series.values))
     baselines = {name: _timed(simulate_inference, model, series, load, policy=pol, steps=False)
                  for name, pol in (("always-best", always_best), ("always-cheapest", always_cheapest),
                                    ("threshold", threshold_policy(threshold)))}
+    noise = (0.0,) if only_paced else NOISE
     best = baselines["always-best"][0]
     daily_best = best["summary"]["grams"] / max(1, best["summary"]["periods"])
     rows = []
@@ -162,11 +182,17 @@ def run_case(family: str, zone: str, model: BudgetModel, series: IntensitySeries
         opt, t_opt = _timed(offline_reference, m, series, load)
         rows.append(_row(family, zone, frac, "offline-optimum", {"mean_quality": opt["mean_quality"]}, None,
                          budget, feasible, opt, t_opt))
-        for err in NOISE:
+        for err in noise:
             r, t = _timed(simulate_inference, m, series, load, err, seed=1, steps=False)
             rows.append(_row(family, zone, frac, f"paced (noise {int(100 * err)}%)", r["summary"], r["periods"],
                              budget, feasible, opt, t))
-        for name, (r, t) in baselines.items():
+        if online is not None:
+            r, t = _timed(simulate_inference, m, online.intensity, online.load, online=online, warmup=WARMUP,
+                          steps=False)
+            assert len(r["periods"]) == len(feasible), (len(r["periods"]), len(feasible))
+            row = _row(family, zone, frac, "paced (online)", r["summary"], r["periods"], budget, feasible, opt, t)
+            rows.append({**row, **{f"forecast_{k}": v for k, v in r["summary"]["online"].items()}})
+        for name, (r, t) in ({} if only_paced else baselines).items():
             rows.append(_row(family, zone, frac, name, r["summary"], r["periods"], budget, feasible, opt, t))
     return rows
 
@@ -187,6 +213,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "Quality vs optimum: mean served quality ÷ the offline optimum's feasible plan; vs bound: ÷ its "
              "Lagrangian (LP) upper bound. Adherence on days where the cheapest variant fits (others: no "
              "policy can hold the budget).", "",
+             *online_table(rows), "",
+             "## Every case", "",
              "| family | zone | budget | policy | quality | vs optimum | vs bound | adherence | max spend | switches/day |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -197,14 +225,45 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def online_table(rows: list[dict]) -> list[str]:
+    """The online mode at a glance: quality against the LP bound (perfect forecast beside
+    it), feasible days over budget, and the forecasters' errors."""
+    out = ["## Online: the operator's own forecasts, past data only", "",
+           "Quality as a fraction of the offline LP (Lagrangian) bound; days over budget among the days on "
+           "which the cheapest variant fits; forecast error = mean absolute error of every forecast value "
+           "the policy used ÷ the mean actual.", "",
+           "| family | zone | budget | online vs bound | perfect forecast vs bound | days over budget (online) "
+           "| intensity forecast error | load forecast error |",
+           "|---|---|---|---|---|---|---|---|"]
+    perfect = {(r["family"], r["zone"], r["budget_fraction"]): r for r in rows if r["policy"] == "paced (noise 0%)"}
+    for r in rows:
+        if r["policy"] != "paced (online)":
+            continue
+        p = perfect.get((r["family"], r["zone"], r["budget_fraction"]))
+        over = round((1 - r["adherence_feasible_days"]) * (r["days"] - r["infeasible_days"]))
+        out.append(f"| {r['family']} | {r['zone']} | {int(100 * r['budget_fraction'])}% | "
+                   f"{r['quality_vs_upper_bound']:.4f} | {p['quality_vs_upper_bound']:.4f} | "
+                   f"{over} of {r['days'] - r['infeasible_days']} | {_pct(r['forecast_intensity_relative_mae'])} | "
+                   f"{_pct(r['forecast_load_relative_mae'])} |" if p else "")
+    return out
+
+
 def summarise(rows: list[dict]) -> dict:
+    """Per policy (the varied-load rows apart): worst and mean quality, adherence, switches."""
+    def key(r: dict) -> str:
+        return r["policy"] + (" [varied load]" if "varied" in r["family"] else "")
+
     out = {}
-    for pol in sorted({r["policy"] for r in rows}):
-        rs = [r for r in rows if r["policy"] == pol]
+    for pol in sorted({key(r) for r in rows}):
+        rs = [r for r in rows if key(r) == pol]
         adh = [r["adherence_feasible_days"] for r in rs if r["adherence_feasible_days"] is not None]
         out[pol] = {"min_quality_vs_optimum": min(r["quality_vs_optimum"] for r in rs),
                     "mean_quality_vs_optimum": float(np.mean([r["quality_vs_optimum"] for r in rs])),
+                    "min_quality_vs_upper_bound": min(r["quality_vs_upper_bound"] for r in rs),
                     "min_adherence_feasible_days": min(adh) if adh else None,
+                    "feasible_days_over_budget": sum(round((1 - r["adherence_feasible_days"]) *
+                                                           (r["days"] - r["infeasible_days"]))
+                                                     for r in rs if r["adherence_feasible_days"] is not None),
                     "mean_switches_per_day": float(np.mean([r["switches_per_day"] for r in rs]))
                     if rs[0]["switches_per_day"] is not None else None}
     return out
@@ -235,19 +294,33 @@ def main(argv: list[str] | None = None) -> int:
         if path is None:
             print(f"skipping {zone}: no intensity file")
             continue
-        series = read_intensity_csv(path)
+        whole = read_intensity_csv(path)
         # whole local days only, so every period is complete
         z = zone_info(ZONES[zone])
         lo = datetime(start.year, start.month, start.day, tzinfo=z)
         hi = datetime(end.year, end.month, end.day, tzinfo=z)
-        series = series.window(lo, hi)
+        series = whole.window(lo, hi)
         load = diurnal_load(minute_rates, series, ZONES[zone])
+        # the online mode: the same year, with WARMUP of real history before it (the load
+        # shape continued backwards), forecasts shared by every budget of the zone
+        past = whole.window(lo - WARMUP, hi)
+        online = OnlineForecasts(past, diurnal_load(minute_rates, past, ZONES[zone]), ZONES[zone])
         for family, variants in families.items():
             model = compile_spec(spec_for(variants, ZONES[zone], max_replicas=1000))
-            rows += run_case(family, zone, model, series, load)
+            rows += run_case(family, zone, model, series, load, online)
+        # the same with a load that is not the same every day (LLM variants: they separate the policies)
+        varied = varied_load(diurnal_load(minute_rates, past, ZONES[zone]), past, ZONES[zone])
+        k = len(past) - len(series)
+        hard = OnlineForecasts(past, varied, ZONES[zone])
+        model = compile_spec(spec_for(families["llm"], ZONES[zone], max_replicas=1000))
+        rows += run_case("llm, varied load", zone, model, series, varied[k:], hard, only_paced=True)
     total = time.perf_counter() - t0
     meta = {"period": f"{start:%Y-%m-%d} to {end:%Y-%m-%d}", "zones": zones, "mean_rps": MEAN_RPS,
             "variants": families, "budget_fractions": FRACTIONS, "forecast_noise": NOISE,
+            "online": f"the operator's own forecasters, {WARMUP.days} days of history before the period",
+            "varied_load": "family 'llm, varied load': the daily shape × 0.7 on weekends × exp(N(0, 0.15)) per "
+                           "local day × (1 + N(0, 0.1)) per step (made up, seed 7): budgets, baselines and the "
+                           "optimum recomputed on it",
             "offline_optimum": "per day: Lagrangian (λ) rounding + greedy fill, feasible; upper bound = dual value",
             "seconds_total": round(total, 2)}
     summary = summarise(rows)

@@ -86,16 +86,29 @@ def _config(targets: Sequence[str], scrape_interval: str, metrics_path: str) -> 
 
 @contextmanager
 def running_prometheus(targets: Sequence[str], *, scrape_interval: str = "1s", metrics_path: str = "/metrics",
-                       ready_timeout: float = 20.0) -> Iterator[PrometheusProcess]:
-    """Start prometheus scraping ``targets`` (host:port); wait until /-/ready; stop on exit."""
+                       ready_timeout: float = 20.0, backfill: str | None = None) -> Iterator[PrometheusProcess]:
+    """Start prometheus scraping ``targets`` (host:port); wait until /-/ready; stop on exit.
+
+    ``backfill``: OpenMetrics text (samples with timestamps, ending in ``# EOF``) written
+    into the TSDB first with ``promtool tsdb create-blocks-from openmetrics`` — history
+    from before the test; retention is then long enough to keep it."""
     binary = require_prometheus()
     workdir = Path(tempfile.mkdtemp(prefix="greenml-prom-"))
     (workdir / "prometheus.yml").write_text(_config(targets, scrape_interval, metrics_path))
+    retention = "1h"
+    if backfill is not None:
+        promtool = shutil.which("promtool")
+        if promtool is None:
+            pytest.skip(f"promtool is not on PATH ({BINARY_ENV_HINT})")
+        (workdir / "backfill.om").write_text(backfill)
+        subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(workdir / "backfill.om"),
+                        str(workdir / "data")], check=True, capture_output=True, timeout=120)
+        retention = "90d"
     port = free_port()
     log = open(workdir / "prometheus.log", "wb")
     proc = subprocess.Popen(
         [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn", "--storage.tsdb.retention.time=1h"],
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn", f"--storage.tsdb.retention.time={retention}"],
         stdout=log, stderr=subprocess.STDOUT)
     handle = PrometheusProcess(f"http://127.0.0.1:{port}", proc, workdir)
     try:

@@ -11,7 +11,7 @@ import pytest
 
 from greenml.planning.inference import compile_spec
 from greenml.signals.base import IntensitySeries
-from greenml.sim.inference import (add_arguments, always_best, always_cheapest, offline_reference,
+from greenml.sim.inference import (OnlineForecasts, add_arguments, always_best, always_cheapest, offline_reference,
                                    read_budget, read_intensity_csv, read_load_csv, run_cli, simulate_inference,
                                    threshold_policy)
 from tests.conftest import shared_data_file
@@ -90,6 +90,78 @@ def test_cli_round_trip(tmp_path: Path) -> None:
     assert all(p["budget_grams"] == 2000 for p in result["periods"])
 
 
+def test_online_mode_forecasts_from_the_past_and_holds_the_budget() -> None:
+    series, load = synthetic(days=10)
+    rng = np.random.default_rng(4)
+    load = load * (1 + 0.05 * rng.standard_normal(load.size))   # not a perfect copy of yesterday
+    probe = best_daily_grams(make_spec(), series, load)
+    model = compile_spec(make_spec(grams=0.7 * probe, dwell="1h"))
+    warm = timedelta(days=7)
+    online = simulate_inference(model, series, load, online=True, warmup=warm)
+    perfect = simulate_inference(model, series, load, warmup=warm)
+    s = online["summary"]
+    assert s["forecasts"] == "online" and perfect["summary"]["forecasts"] == "perfect"
+    assert s["steps"] == 3 * 24 and s["warmup_steps"] == 7 * 24 and online["steps"][0]["time"] == "2024-03-08T00:00:00Z"
+    assert s["budget_adherence"] == 1.0 and s["periods"] == 3
+    assert s["online"]["intensity_fallback_steps"] == 0 and s["online"]["load_fallback_steps"] == 0
+    assert s["online"]["load_relative_mae"] < 0.08 and s["online"]["intensity_relative_mae"] < 0.05
+    opt = offline_reference(model, series, load, warm)
+    assert s["mean_quality"] >= 0.97 * opt["mean_quality_upper_bound"]
+    assert s["mean_quality"] <= perfect["summary"]["mean_quality"] + 0.01
+
+
+def test_online_mode_never_reads_the_future() -> None:
+    series, load = synthetic(days=4)
+    model = compile_spec(make_spec(grams=0.6 * best_daily_grams(make_spec(), series, load)))
+    cut = 2 * 24 + 5
+    other_ci = series.values.copy()
+    other_ci[cut + 1:] *= 3.0
+    other_load = load.copy()
+    other_load[cut + 1:] *= 0.2
+    a = simulate_inference(model, series, load, online=True)["steps"]
+    b = simulate_inference(model, IntensitySeries(series.start, series.step, other_ci), other_load, online=True)["steps"]
+    assert a[:cut + 1] == b[:cut + 1]
+    assert a != b
+
+
+def test_online_mode_falls_back_while_history_is_short() -> None:
+    series, load = synthetic(days=3)
+    model = compile_spec(make_spec(grams=0.7 * best_daily_grams(make_spec(), series, load)))
+    r = simulate_inference(model, series, load, online=True, steps=False)["summary"]
+    # the first day: no history to forecast from, the current values held flat (as the operator does)
+    assert 20 <= r["online"]["intensity_fallback_steps"] <= 24 and 20 <= r["online"]["load_fallback_steps"] <= 24
+    assert r["budget_adherence"] == 1.0
+    shared = OnlineForecasts(series, load, "UTC")
+    again = simulate_inference(model, series, load, online=shared, steps=False)["summary"]
+    assert again == r and shared._cache
+    with pytest.raises(ValueError, match="exclude"):
+        simulate_inference(model, series, load, 0.1, online=True)
+    with pytest.raises(ValueError, match="whole trace"):
+        simulate_inference(model, series, load, warmup=timedelta(days=3))
+
+
+def test_cli_online(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    series, load = synthetic(days=4)
+    ip, lp = write_csvs(tmp_path, series, load)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    out = tmp_path / "r.json"
+    args = parser.parse_args(["--intensity", str(ip), "--load", str(lp), "--budget", str(EXAMPLE), "--online",
+                              "--warmup", "2d", "--output", str(out)])
+    assert run_cli(args) == 0
+    result = json.loads(out.read_text())
+    assert result["summary"]["steps"] == 48 and result["summary"]["forecasts"] == "online"
+    assert {"intensity_relative_mae", "load_relative_mae", "intensity_fallback_steps",
+            "load_fallback_steps"} <= set(result["summary"]["online"])
+    assert "online forecasts: intensity error" in capsys.readouterr().out
+    bad = parser.parse_args(["--intensity", str(ip), "--load", str(lp), "--budget", str(EXAMPLE), "--online",
+                             "--forecast-error", "0.1", "--output", str(out)])
+    assert run_cli(bad) == 2
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--intensity", str(ip), "--load", str(lp), "--budget", str(EXAMPLE),
+                           "--warmup", "soon", "--output", str(out)])
+
+
 def test_cli_bad_input_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     series, load = synthetic(days=1)
     ip, lp = write_csvs(tmp_path, series, load)
@@ -146,8 +218,13 @@ def test_benchmark_quick_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(bench._common, "RESULTS", tmp_path)
     assert bench_inference.main(["--quick"]) == 0
     payload = json.loads((tmp_path / "inference-quick.json").read_text())
-    paced = [r for r in payload["rows"] if r["policy"].startswith("paced")]
+    paced = [r for r in payload["rows"] if r["policy"].startswith("paced") and r["family"] == "llm"]
     assert paced and all(r["adherence_feasible_days"] == 1.0 for r in paced)
+    online = [r for r in paced if r["policy"] == "paced (online)"]
+    assert len(online) == 3 and all(r["quality_vs_upper_bound"] > 0.9 for r in online)
+    varied = [r for r in payload["rows"] if r["family"] == "llm, varied load"]
+    assert {r["policy"] for r in varied} == {"offline-optimum", "paced (noise 0%)", "paced (online)"}
+    assert all(r["forecast_intensity_fallback_steps"] == 0 for r in online)
     assert {r["policy"] for r in payload["rows"]} >= {"offline-optimum", "always-best", "always-cheapest", "threshold"}
 
 

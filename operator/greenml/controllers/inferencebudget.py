@@ -1,8 +1,10 @@
 """InferenceBudget handlers: thin. Decisions come from greenml.services.inferencebudget.
 
 Each tick: read signals (intensity now + forecast to the period end from the same
-source chain the planner uses; load from `spec.loadQuery` or, without one, the
-Deployment's current replicas taken as what the load needs), decide, apply the
+source chain the planner uses; load from `spec.loadQuery` — its current value and two
+weeks of history, forecast by greenml.planning.loadforecast, the current value held flat while
+the history is short — or, without one, the Deployment's current replicas taken as what
+the load needs), decide, apply the
 variant by server-side apply under the `greenml-operator` field manager (only the
 fields the variant patch names), and throttle through an HPA's maxReplicas when one
 targets the Deployment (never fighting it over replicas).
@@ -80,11 +82,12 @@ def hpa_for(ctx: Context, ns: str, target: str) -> str | None:
 def read_signals(ctx: Context, zone: str, spec, model, deployment: Mapping[str, Any], active: str | None,
                  now: datetime, end: datetime, step: timedelta) -> svc.Signals:
     n = max(1, int(-(-(end - now).total_seconds() // step.total_seconds())))
-    degraded = None
+    degraded, estimate = None, False
     try:
         series = ctx.board.source.forecast(zone, now, end - now)
+        estimate = series.estimate
         forecast = series.resample(now, step, n)
-        current = float(forecast[0])
+        current_ci = float(forecast[0])
         source = f"{series.source}{' (estimate)' if series.estimate else ''}"
         info = describe(series)
         # the failing link's reason (as TrainingJobs report it), or a fallback of another kind (a
@@ -99,23 +102,46 @@ def read_signals(ctx: Context, zone: str, spec, model, deployment: Mapping[str, 
     except SignalError as exc:
         failed = getattr(exc, "failures", None) or []
         # the provider's reason, not the last link's (the embedded profile's UnknownZone)
-        forecast, current, source = None, None, f"none: {exc}"
+        forecast, current_ci, source = None, None, f"none: {exc}"
         degraded = failed[0]["reason"] if failed else exc.reason
     replicas_now = int((deployment.get("spec") or {}).get("replicas") or model.min_replicas)
-    load, load_source = None, "assumed: current replicas at full capacity (no spec.loadQuery)"
-    if spec.load_query and ctx.settings.prometheus_url:
-        try:
-            from greenml.signals.promql import Prometheus
+    idx = model.index(active) if active else 0
+    assumed = replicas_now * model.variants[idx if idx is not None else 0].capacity_rps
+    current, history = read_load(ctx, spec.load_query, now, step)
+    load = svc.load_signals(model, now, step, n, assumed, current, history)
+    return svc.Signals(current_ci, forecast, load.now, load.forecast, source, load.source,
+                       degraded or load.degraded_reason, estimate, load.error)
 
-            rows = Prometheus(ctx.settings.prometheus_url).instant(spec.load_query)
-            load = sum(float(r["value"][1]) for r in rows) if rows else 0.0
-            load_source = "prometheus"
-        except (SignalError, KeyError, ValueError, IndexError) as exc:
-            degraded = degraded or getattr(exc, "reason", "LoadQueryFailed")
-    if load is None:
-        idx = model.index(active) if active else 0
-        load = replicas_now * model.variants[idx if idx is not None else 0].capacity_rps
-    return svc.Signals(current, forecast, load, np.full(n, load), source, load_source, degraded)
+
+def read_load(ctx: Context, query: str | None, now: datetime, step: timedelta):
+    """``spec.loadQuery`` read from Prometheus: the instant value and the last
+    ``LOAD_HISTORY`` as a range query (reused for ``LOAD_HISTORY_TTL`` per query), each a
+    value or the SignalError it raised; both None without a query or a Prometheus URL.
+    What they mean is svc.load_signals's."""
+    if not query or not ctx.settings.prometheus_url:
+        return None, None
+    from greenml.signals.promql import Prometheus
+
+    prom = Prometheus(ctx.settings.prometheus_url)
+    try:
+        current = svc.instant_load(prom.instant(query, now))
+    except SignalError as exc:
+        return exc, None
+    hstep = svc.load_history_step(step)
+    cache = ctx.extras.setdefault("load_history", {})
+    fetched_at, history = cache.get((query, hstep), (None, None))
+    if fetched_at is None or not timedelta(0) <= now - fetched_at < svc.LOAD_HISTORY_TTL:
+        start = grid_origin(now - svc.LOAD_HISTORY, hstep)
+        n = int((now - start) / hstep) + 1
+        try:
+            rows = prom.range(query, start, start + hstep * (n - 1), hstep)
+            history = (start, hstep, svc.range_load(rows, start, hstep, n))
+        except SignalError as exc:
+            return current, exc
+        for key in [k for k, (t, _) in cache.items() if not timedelta(0) <= now - t < svc.LOAD_HISTORY_TTL]:
+            del cache[key]   # queries no budget asked for lately (deleted, edited) go
+        cache[(query, hstep)] = (now, history)
+    return current, history
 
 
 async def reconcile(ctx: Context, body: Mapping[str, Any], status: Mapping[str, Any], patch: Patch) -> datetime | None:

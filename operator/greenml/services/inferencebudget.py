@@ -18,10 +18,13 @@ from pydantic import ValidationError
 
 from greenml.api.inferencebudget import InferenceBudgetSpec
 from greenml.planning import inference as core
+from greenml.planning.loadforecast import LoadForecastError, forecast_load
 from greenml.planning.power import CAP_ANNOTATION as POWER_CAP_ANNOTATION
 from greenml.services import status_fields as f
 from greenml.services.trainingjob import InvalidSpec
-from greenml.timeutil import format_time
+from greenml.signals.base import SignalError
+from greenml.signals.promql import finite
+from greenml.timeutil import ensure_utc, format_duration, format_time
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class Signals:
     intensity_source: str = "unknown"
     load_source: str = "assumed"
     degraded_reason: str | None = None        # why signals are degraded, if they are
+    intensity_estimate: bool = False          # the forecast is the operator's own (or the embedded profile)
+    load_error: float | None = None           # the load forecaster's measured relative error
 
 
 @dataclass(frozen=True)
@@ -141,8 +146,10 @@ def reconcile(spec: InferenceBudgetSpec, model: core.BudgetModel, status: Mappin
         else:
             decision = core.signal_loss_decision(model, state, signals.load_now, "failCheap")
     else:
+        # the own forecasters err more (and more coherently over a day) than a provider's forecast
+        config = core.pacing_for(signals.intensity_estimate, signals.load_error)
         decision = core.decide(model, state, signals.intensity_forecast, signals.load_forecast, step, now,
-                               signals.intensity_now, signals.load_now)
+                               signals.intensity_now, signals.load_now, config=config)
     switched = decision.variant != state.active_variant or decision.replicas != state.replicas
     new = state.applied(decision, now)
     # without an intensity nothing was charged: keep the mark, so the time served during the
@@ -176,6 +183,104 @@ def _conditions(model: core.BudgetModel, d: core.VariantDecision, s: core.Budget
         ("InvalidSpec", False, "Valid", "spec accepted"),
     ]
     return out
+
+
+# ---------------------------------------------------------------- load: measured, forecast or assumed
+
+LOAD_HISTORY = timedelta(days=14)    # what the operator asks Prometheus for (a range query): two
+                                     # weeks give the forecaster its weekday levels, and fit
+                                     # Prometheus's default 15-day retention
+LOAD_HISTORY_TTL = timedelta(minutes=10)  # a fetched history is reused this long (per query)
+MAX_RANGE_POINTS = 10_000            # Prometheus refuses more than 11,000 points per series
+
+
+_HISTORY_STEPS = tuple(timedelta(minutes=m) for m in (1, 2, 5, 10, 15, 30, 60))
+
+
+def load_history_step(step: timedelta) -> timedelta:
+    """The range query's resolution: the planning step when it divides a day and a week of
+    it stays within Prometheus's points limit, else the finest of 1, 2, 5, … 60 minutes
+    that is at least the step and does."""
+    floor = timedelta(seconds=-(-int(LOAD_HISTORY.total_seconds()) // MAX_RANGE_POINTS))
+    if step >= floor and not 86400 % step.total_seconds():
+        return step
+    return next((s for s in _HISTORY_STEPS if s >= max(step, floor)), _HISTORY_STEPS[-1])
+
+
+def instant_load(rows: list[dict]) -> float:
+    """req/s from an instant query's result: the sum over its series (no series: 0)."""
+    try:
+        vals = [finite(r["value"][1], "prometheus: spec.loadQuery") for r in rows]
+    except (KeyError, IndexError, TypeError):
+        raise SignalError("prometheus: malformed loadQuery result", reason="Malformed") from None
+    if any(v < 0 for v in vals):
+        raise SignalError("prometheus: spec.loadQuery returned a negative rate", reason="Malformed")
+    return float(sum(vals))
+
+
+def range_load(rows: list[dict], start: datetime, step: timedelta, n: int) -> np.ndarray:
+    """req/s on the grid ``start + i·step`` (i < n) from a range query's matrix: the sum over
+    its series per timestamp; NaN where no series has a usable sample (a gap in the scrape;
+    a "NaN", ±Inf or negative sample counts as missing, not as an error, in a history)."""
+    total, seen = np.zeros(n), np.zeros(n, dtype=bool)
+    t0, s = ensure_utc(start).timestamp(), step.total_seconds()
+    for r in rows:
+        try:
+            pts = np.array(r["values"], dtype=object).reshape(-1, 2)
+            ts = pts[:, 0].astype(np.float64)
+            vs = np.array([float(v) for v in pts[:, 1]], dtype=np.float64)
+        except (KeyError, TypeError, ValueError):
+            raise SignalError("prometheus: malformed loadQuery range result", reason="Malformed") from None
+        i = np.round((ts - t0) / s).astype(np.int64)
+        ok = (i >= 0) & (i < n) & np.isfinite(vs) & (vs >= 0)
+        np.add.at(total, i[ok], vs[ok])
+        seen[i[ok]] = True
+    return np.where(seen, total, np.nan)
+
+
+@dataclass(frozen=True)
+class LoadSignals:
+    now: float
+    forecast: np.ndarray        # req/s per planning step from now (step 0 = now)
+    source: str                 # for the SignalsDegraded condition's message
+    degraded_reason: str | None  # a Prometheus failure (None when the load is fine or merely not forecast)
+    error: float | None = None   # the forecast's measured relative error (LoadForecast.error)
+
+
+def load_signals(model: core.BudgetModel, now: datetime, step: timedelta, n: int, assumed: float,
+                 current: float | SignalError | None, history: tuple[datetime, timedelta, np.ndarray] | SignalError | None
+                 ) -> LoadSignals:
+    """The load the pacer plans with, from what the controller read for ``spec.loadQuery``:
+    ``current`` (the instant query's req/s, or its error), ``history`` ((start, step, values)
+    of the range query, or its error); None where there is no loadQuery or no Prometheus.
+
+    Forecast (``greenml.planning.loadforecast``, in the budget's time zone) when both
+    answered and the history suffices; else the instant value held flat (the reason in
+    ``source``); else ``assumed`` (the current replicas at full capacity) with the failure
+    as the degraded reason.
+    """
+    if current is None:
+        return LoadSignals(assumed, np.full(n, assumed), "assumed: current replicas at full capacity "
+                           "(no spec.loadQuery, or no Prometheus configured)", None)
+    if isinstance(current, SignalError):
+        return LoadSignals(assumed, np.full(n, assumed), f"assumed: current replicas at full capacity "
+                           f"(spec.loadQuery failed: {current})", current.reason or "LoadQueryFailed")
+    flat = np.full(n, current)
+    if isinstance(history, SignalError):
+        return LoadSignals(current, flat, f"prometheus, current value held flat (history query failed: {history})",
+                           history.reason or "LoadQueryFailed")
+    if history is None:
+        return LoadSignals(current, flat, "prometheus, current value held flat (no history)", None)
+    start, hstep, values = history
+    try:
+        fc = forecast_load(values, start, hstep, now, step * n, tz=model.time_zone)
+    except LoadForecastError as exc:
+        return LoadSignals(current, flat, f"prometheus, current value held flat (no forecast: {exc.reason}: {exc})",
+                           None)
+    err = "" if fc.error is None else f", {100 * fc.error:.0f} % error a day ahead"
+    return LoadSignals(current, fc.on_grid(current, now, step, n),
+                       f"prometheus, forecast ({fc.method}) from {format_duration(fc.history)} of history{err}", None,
+                       fc.error)
 
 
 # ---------------------------------------------------------------- what to apply to the target

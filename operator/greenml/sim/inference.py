@@ -4,7 +4,10 @@
 :func:`greenml.planning.inference.decide`, exactly what the operator runs) sees only
 the measured intensity and load of the current step and a forecast of the rest of the
 period as issued then (the actuals, or the actuals with multiplicative Gaussian noise of
-``forecast_error`` relative std, drawn afresh at every step). Spend is accounted on the
+``forecast_error`` relative std, drawn afresh at every step) — or, ``online=True``, the
+operator's own forecasts from the past of the traces only (:class:`OnlineForecasts`:
+``greenml.signals.forecaster`` for intensity, ``greenml.planning.loadforecast`` for load,
+the code the operator runs with ``spec.loadQuery``). Spend is accounted on the
 actual intensity and load. Baselines (always-best, always-cheapest, intensity
 threshold) share the loop; :func:`offline_reference` gives the perfect-foresight
 optimum per period.
@@ -18,6 +21,7 @@ import argparse
 import csv
 import json
 import math
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable
@@ -28,10 +32,12 @@ from pydantic import ValidationError
 
 from greenml.api import InferenceBudget, InferenceBudgetSpec
 from greenml.planning.inference import (BudgetModel, BudgetState, PacingConfig, VariantDecision,
-                                        compile_spec, decide, new_state, offline_optimum,
+                                        compile_spec, pacing_for, decide, new_state, offline_optimum,
                                         step_costs)
+from greenml.planning.loadforecast import LoadForecastError, LoadForecastPolicy, forecast_load
 from greenml.planning.periods import periods_between
-from greenml.signals.base import IntensitySeries
+from greenml.signals.base import IntensitySeries, SignalError
+from greenml.signals.forecaster import ForecasterPolicy, forecast_from_history
 from greenml.signals.file import IntensityFileError, column_line, load_intensity_csv
 from greenml.timeutil import format_time, parse_time
 
@@ -184,38 +190,133 @@ def _load_on_grid(load: np.ndarray, n: int) -> np.ndarray:
     return v[:n]
 
 
+class OnlineForecasts:
+    """Forecasts as the operator issues them, from the past of the traces only.
+
+    At step ``t`` the history is the trace up to and including step ``t`` (the current
+    step is the measured one, as in the other modes); intensity comes from
+    ``greenml.signals.forecaster.forecast_from_history`` (the operator's own forecaster,
+    the chain's fallback when a provider has no forecast), load from
+    ``greenml.planning.loadforecast.forecast_load`` in ``tz`` (the budget's time zone),
+    exactly what the operator runs on its ``spec.loadQuery`` history. Where either
+    cannot forecast yet (short history) it falls back as the operator does: the current
+    value held flat. Forecasts are cached by step, so several budgets replayed over the
+    same traces (a benchmark) share them.
+    """
+
+    def __init__(self, intensity: IntensitySeries, load: np.ndarray | list, tz: str = "UTC", *,
+                 load_policy: LoadForecastPolicy = LoadForecastPolicy(),
+                 intensity_policy: ForecasterPolicy = ForecasterPolicy()) -> None:
+        self.intensity = intensity
+        self.load = _load_on_grid(load, len(intensity))
+        self.tz = tz
+        self.load_policy = load_policy
+        self.intensity_policy = intensity_policy
+        self._cache: dict[tuple[int, int], Issued] = {}
+
+    def at(self, t: int, horizon: int) -> Issued:
+        """The forecasts issued at step ``t``, ``horizon`` values each (index 0 the measured step)."""
+        key = (t, horizon)
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = self._cache[key] = self._make(t, horizon)
+        return hit
+
+    def _make(self, t: int, horizon: int) -> Issued:
+        series, step = self.intensity, self.intensity.step
+        now = series.start + step * t
+        ahead = step * max(1, horizon - 1)
+        ci = np.full(horizon, float(series.values[t]))
+        ci_reason = None
+        past = series.window(now + step - self.intensity_policy.days * timedelta(days=1), now + step)
+        try:
+            fc = forecast_from_history(past, now + step, ahead, self.intensity_policy)
+            # past the forecaster's 72 h its last value is held, as the operator's resample does
+            ci[1:] = fc.resample(now + step, step, horizon - 1)
+        except SignalError as exc:
+            ci_reason = exc.reason
+        load = np.full(horizon, float(self.load[t]))
+        load_reason, load_error = None, None
+        lb = int(self.load_policy.lookback / step)
+        lo = max(0, t + 1 - lb)
+        try:
+            lf = forecast_load(self.load[lo:t + 1], series.start + step * lo, step, now, ahead, tz=self.tz,
+                               policy=self.load_policy)
+            load, load_error = lf.on_grid(float(self.load[t]), now, step, horizon), lf.error
+        except LoadForecastError as exc:
+            load_reason = exc.reason
+        return Issued(ci, load, ci_reason, load_reason, pacing_for(True, load_error))
+
+
+@dataclass(frozen=True)
+class Issued:
+    """Forecasts issued at one step: values from the measured step on, why each was held
+    flat (None: forecast), and the pacer's error reserve for them (``pacing_for``)."""
+
+    intensity: np.ndarray
+    load: np.ndarray
+    intensity_fallback: str | None
+    load_fallback: str | None
+    config: PacingConfig
+
+
 def simulate_inference(spec: InferenceBudgetSpec | BudgetModel, intensity: IntensitySeries, load: np.ndarray | list,
                        forecast_error: float = 0.0, seed: int = 0, *, policy: Policy | None = None,
-                       config: PacingConfig = PacingConfig(), steps: bool = True) -> dict:
+                       config: PacingConfig | None = None, steps: bool = True,
+                       online: bool | OnlineForecasts = False, warmup: timedelta = timedelta(0)) -> dict:
     """Replay the budget over ``intensity`` and ``load`` (req/s on the same grid).
+
+    ``online``: the policy sees the operator's own forecasts from the past only
+    (:class:`OnlineForecasts`; pass one to share its cache between replays) instead of
+    the actuals (± ``forecast_error``), and the pacer's error reserve is the one the
+    operator uses with its own forecasts (``pacing_for``; ``config`` overrides). ``warmup``: the first part of the traces is
+    history only — not replayed, not counted (whole steps; the replay starts after it).
 
     Returns JSON-ready ``{"steps": [...], "periods": [...], "summary": {...}}``; with
     ``steps=False`` the per-step list is left out (benchmarks).
     """
     if forecast_error < 0:
         raise ValueError(f"forecast_error must be ≥ 0, got {forecast_error}")
+    if online is not False and forecast_error > 0:
+        raise ValueError("online forecasts and forecast_error exclude each other")
     model = spec if isinstance(spec, BudgetModel) else compile_spec(spec)
     n = len(intensity)
     actual_ci = intensity.values
     actual_load = _load_on_grid(load, n)
     step = intensity.step
+    first = warmup_steps(intensity, warmup)
     rng = np.random.default_rng(seed)
-    chooser: Policy = policy or (lambda *a: decide(*a, config=config))
+    forecasts = online if isinstance(online, OnlineForecasts) else \
+        OnlineForecasts(intensity, actual_load, model.time_zone) if online else None
+    pacing = config or PacingConfig()
+    fallback = {"intensity": 0, "load": 0}
+    errors: dict[str, list[float]] = {"intensity": [0.0, 0.0], "load": [0.0, 0.0]}   # Σ|error|, Σ actual
 
     state: BudgetState | None = None
     out_steps, periods = [], []
     served_q = demand = served = 0.0
     switches = 0
     prev_variant: str | None = None
-    for t in range(n):
+    for t in range(first, n):
         now = intensity.start + step * t
         fresh = new_state(model, now, state)
         if fresh is not state and state is not None:
             periods.append(_period_row(model, state, intensity))
         state = fresh
         horizon = max(1, math.ceil((state.period_end - now) / step))
-        ci_fc = _forecast(actual_ci, t, horizon, forecast_error, rng)
-        load_fc = _forecast(actual_load, t, horizon, forecast_error, rng)
+        if forecasts is not None:
+            issued = forecasts.at(t, horizon)
+            ci_fc, load_fc, pacing = issued.intensity, issued.load, config or issued.config
+            fallback["intensity"] += issued.intensity_fallback is not None
+            fallback["load"] += issued.load_fallback is not None
+            for what, fc, actual in (("intensity", ci_fc, actual_ci), ("load", load_fc, actual_load)):
+                a = actual[t + 1:t + horizon]
+                errors[what][0] += float(np.abs(fc[1:1 + a.size] - a).sum())
+                errors[what][1] += float(a.sum())
+        else:
+            ci_fc = _forecast(actual_ci, t, horizon, forecast_error, rng)
+            load_fc = _forecast(actual_load, t, horizon, forecast_error, rng)
+        chooser: Policy = policy or (lambda *a, cfg=pacing: decide(*a, config=cfg))
         d = chooser(model, state, ci_fc, load_fc, step, now, float(actual_ci[t]), float(actual_load[t]))
         idx = model.index(d.variant)
         c = step_costs(model, actual_ci[t:t + 1], actual_load[t:t + 1], np.array([step.total_seconds()]),
@@ -236,10 +337,11 @@ def simulate_inference(spec: InferenceBudgetSpec | BudgetModel, intensity: Inten
                               "grams": round(grams, 4), "kwh": round(kwh, 6), "reason": d.reason})
     if state is not None:
         periods.append(_period_row(model, state, intensity))
-    days = n * step.total_seconds() / 86400.0
+    replayed = n - first
+    days = replayed * step.total_seconds() / 86400.0
     complete = [p for p in periods if p["complete"]]
     summary = {
-        "steps": n, "periods": len(periods),
+        "steps": replayed, "periods": len(periods),
         "periods_within_budget": sum(p["within_budget"] for p in periods),
         "budget_adherence": (sum(p["within_budget"] for p in periods) / len(periods)) if periods else 1.0,
         "max_spend_fraction": max((p["spend_fraction"] for p in periods), default=0.0),
@@ -248,8 +350,25 @@ def simulate_inference(spec: InferenceBudgetSpec | BudgetModel, intensity: Inten
         "switches": switches, "switches_per_day": switches / days if days > 0 else 0.0,
         "grams": sum(p["grams"] for p in periods), "kwh": sum(p["kwh"] for p in periods),
         "complete_periods": len(complete),
+        "forecasts": "online" if forecasts is not None else ("noisy" if forecast_error > 0 else "perfect"),
+        "warmup_steps": first,
     }
+    if forecasts is not None:
+        summary["online"] = {
+            # mean absolute error of every forecast value used, relative to the mean actual
+            f"{what}_relative_mae": (e[0] / e[1]) if e[1] > 0 else None for what, e in errors.items()}
+        summary["online"].update({f"{what}_fallback_steps": k for what, k in fallback.items()})
     return {"steps": out_steps, "periods": periods, "summary": summary}
+
+
+def warmup_steps(intensity: IntensitySeries, warmup: timedelta) -> int:
+    """Steps of ``intensity`` that ``warmup`` covers (history only); at least one step is replayed."""
+    if warmup < timedelta(0):
+        raise ValueError(f"warmup must be ≥ 0, got {warmup}")
+    k = math.ceil(warmup / intensity.step - 1e-9)
+    if k >= len(intensity):
+        raise ValueError(f"warmup {warmup} covers the whole trace ({len(intensity)} steps of {intensity.step})")
+    return k
 
 
 def _forecast(actual: np.ndarray, t: int, horizon: int, error: float, rng: np.random.Generator) -> np.ndarray:
@@ -274,11 +393,15 @@ def _period_row(model: BudgetModel, state: BudgetState, series: IntensitySeries)
 
 
 def offline_reference(spec: InferenceBudgetSpec | BudgetModel, intensity: IntensitySeries,
-                      load: np.ndarray | list) -> dict:
-    """The perfect-foresight optimum, period by period (see ``offline_optimum``)."""
+                      load: np.ndarray | list, warmup: timedelta = timedelta(0)) -> dict:
+    """The perfect-foresight optimum, period by period (see ``offline_optimum``), over
+    what :func:`simulate_inference` replays after the same ``warmup``."""
     model = spec if isinstance(spec, BudgetModel) else compile_spec(spec)
+    actual_load = _load_on_grid(load, len(intensity))
+    k = warmup_steps(intensity, warmup)
+    if k:
+        intensity, actual_load = intensity.window(intensity.start + intensity.step * k, intensity.end), actual_load[k:]
     n = len(intensity)
-    actual_load = _load_on_grid(load, n)
     step_s = intensity.step.total_seconds()
     util = bound = demand = grams = kwh = 0.0
     feasible = True
@@ -315,6 +438,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--forecast-error", type=float, default=0.0,
                         help="relative std of the multiplicative forecast noise (0 = perfect forecast)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--online", action="store_true",
+                        help="the policy sees only the past: intensity and load forecast by the operator's own "
+                             "forecasters (greenml.signals.forecaster, greenml.planning.loadforecast)")
+    parser.add_argument("--warmup", type=_duration, default=timedelta(0), metavar="DURATION",
+                        help="the first DURATION of the traces is history only, not replayed (e.g. 7d: "
+                             "the online forecasters have a week to learn from)")
     parser.add_argument("--output", "-o", type=Path, required=True, help="result JSON")
 
 
@@ -331,11 +460,12 @@ def run_cli(args: argparse.Namespace) -> int:
         _align_load(series, l_start, l_step, l_values, args.load)  # fails clearly when they don't overlap
         series = _overlap(series, l_start, l_step, len(l_values))
         load = _align_load(series, l_start, l_step, l_values, args.load)
-        result = simulate_inference(model, series, load, args.forecast_error, args.seed)
+        online, warmup = getattr(args, "online", False), getattr(args, "warmup", timedelta(0))
+        result = simulate_inference(model, series, load, args.forecast_error, args.seed, online=online, warmup=warmup)
     except ValueError as exc:
         print(f"greenml simulate inference: {exc}", file=sys.stderr)
         return 2
-    result["offline_optimum"] = offline_reference(model, series, load)
+    result["offline_optimum"] = offline_reference(model, series, load, warmup)
     # what `greenml report --from-sim` names the workload and its periods by
     result["name"], result["period"] = _manifest_name(args.budget), model.period
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -344,7 +474,25 @@ def run_cli(args: argparse.Namespace) -> int:
     print(f"{s['periods']} periods, within budget {s['periods_within_budget']}, mean quality "
           f"{s['mean_quality']:.4f} (offline optimum {result['offline_optimum']['mean_quality']:.4f}), "
           f"{s['switches_per_day']:.2f} switches/day → {args.output}")
+    if "online" in s:
+        o = s["online"]
+        print(f"online forecasts: intensity error {_pct(o['intensity_relative_mae'])}, load error "
+              f"{_pct(o['load_relative_mae'])} (mean absolute, of the mean); held flat for lack of history: "
+              f"intensity {o['intensity_fallback_steps']}, load {o['load_fallback_steps']} of {s['steps']} steps")
     return 0
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f} %"
+
+
+def _duration(text: str) -> timedelta:
+    from greenml.timeutil import parse_duration
+
+    try:
+        return parse_duration(text)
+    except (ValueError, TypeError) as exc:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} ({exc})") from None
 
 
 def _manifest_name(path: Path) -> str:
