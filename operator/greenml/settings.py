@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     forecast_ttl: float = Field(default=300.0, ge=0, le=86400,
                                 description="seconds a provider forecast is reused per zone (fewer provider calls; "
                                             "an outage is noticed after at most this)")
+    forecast_blend: bool = Field(default=True, description=(
+        "correct a provider's forecast by the latest recorded actual and mix it 20 % with the own forecaster's "
+        "(forecaster.blend_with_provider; on NESO's GB forecasts 0.86-0.98x NESO's error) when history of the same "
+        "kind covering a day exists; served as '<provider>+blend'. History is asked at most once per zone per hour; "
+        "any failure serves the provider's forecast as issued. false: always as issued"))
 
     # operator
     namespace: str | None = Field(default=None, description="watch one namespace; None: all")

@@ -59,7 +59,7 @@ def build_source(settings: "Settings", *, policy: ChainPolicy | None = None, kub
     that ends at the embedded profile. An HTTP provider's history is recorded in the
     ConfigMap ``settings.history_configmap`` (greenml.signals.history; ``kube``: the
     Kubernetes client to use, default one made on first use)."""
-    policy = policy or ChainPolicy(forecast_ttl=settings.forecast_ttl)
+    policy = policy or ChainPolicy(forecast_ttl=settings.forecast_ttl, blend=settings.forecast_blend)
     provider = build_provider(settings)
     if provider is not None and settings.provider != "file":   # a file is its own record
         from greenml.signals import history

@@ -16,6 +16,14 @@ knows the main zones offline. The returned series says who served it:
   the provider's grid by the next links that serve the same kind — the own forecaster (up
   to its 72 h), then the embedded profile — each part listed in ``meta["extended"]``
   (link, source, from, to); another kind never continues it (``meta["extend_failed"]``).
+- with ``ChainPolicy.blend`` (the operator's ``forecast_blend`` setting, on by default) a
+  provider forecast is corrected by the latest recorded actual and mixed with the own
+  forecast (``forecaster.blend_with_provider``) when recent history of the same kind covers
+  the own forecaster's minimum: ``source`` is then ``"<provider>+blend"`` and
+  ``meta["blend"]`` says what was done (``applied``, ``correction``, ``own_weight``, the
+  history used) or why not (``applied: False``, ``reason``): the provider's forecast is then
+  served as issued. The history comes from the chain's cache; the blend asks the provider
+  for it at most once per zone per ``history_ttl``, and no failure of the blend leaves it.
 - ``describe(series)`` reads all this into a SignalInfo: the ``SignalsDegraded`` and
   ``SignalKindChanged`` conditions and the metric labels (source, link, kind, provider_kind).
 
@@ -26,6 +34,7 @@ Messages come from SignalError texts, which never carry credentials (providers r
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -35,9 +44,11 @@ import numpy as np
 
 from greenml.signals.base import CarbonSource, IntensitySeries, SignalError
 from greenml.signals.embedded import EmbeddedSource
-from greenml.signals.forecaster import ForecasterPolicy, forecast_from_history
+from greenml.signals.forecaster import ForecasterPolicy, blend_with_provider, forecast_from_history
 from greenml.signals.robust import Clock, TTLCache, check_fresh
-from greenml.timeutil import ensure_utc
+from greenml.timeutil import ensure_utc, format_time
+
+log = logging.getLogger("greenml.signals.chain")
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,11 @@ class ChainPolicy:
     forecast_ttl: float = 300.0                         # seconds a provider forecast is reused
     history_retry: float = 60.0                         # seconds a failed history request is not repeated
     forecaster: ForecasterPolicy = ForecasterPolicy()
+    # a provider forecast corrected by the latest actual and mixed with the own forecast
+    # (forecaster.blend_with_provider). Off for a bare chain (served as issued); the operator's
+    # setting forecast_blend (default on) sets it through build_source.
+    blend: bool = False
+    blend_history_max_age: timedelta = timedelta(hours=3)   # the history must reach this close to now
 
 
 def _mark(series: IntensitySeries, link: str, failures: list[dict], wanted_kind: str | None = None) -> IntensitySeries:
@@ -82,6 +98,10 @@ class FallbackChain:
         self._history_failed: TTLCache[SignalError] = TTLCache(policy.history_retry, clock=clock)
         # by zone: (the forecast, the end of the range it was asked for)
         self._forecast_cache: TTLCache[tuple[IntensitySeries, datetime]] = TTLCache(policy.forecast_ttl, clock=clock)
+        # by zone: a history request was made (any link) within history_ttl — the blend then
+        # uses what is cached and asks nothing (at most one request per zone per history_ttl)
+        self._history_asked: TTLCache[bool] = TTLCache(policy.history_ttl, clock=clock)
+        self._blend_said: dict[str, str] = {}   # by zone: the last blend outcome logged
         self.name = f"chain({primary.name if primary else 'none'}>{self.fallback.name})"
 
     def __repr__(self) -> str:
@@ -109,6 +129,7 @@ class FallbackChain:
             if failed is not None:
                 raise failed
             try:
+                self._history_asked.put(key, True)
                 hist = self.primary.history(zone, now - self.policy.history_lookback, now)
                 if len(hist) == 0:
                     raise SignalError(f"{self.primary.name}: empty history for {zone}", reason="Malformed")
@@ -153,6 +174,8 @@ class FallbackChain:
         if self.primary is not None:
             try:
                 s = self._provider_forecast(zone, now, horizon)
+                if self.policy.blend:
+                    s = self._blended(s, zone, now, horizon)
                 return _mark(self._extended(s, zone, now, horizon) if s.meta.get("short") else s, "provider", failures)
             except SignalError as exc:
                 failures.append(_failure(self.primary.name, exc))
@@ -164,6 +187,71 @@ class FallbackChain:
 
     def _own_forecast(self, zone: str, now: datetime, horizon: timedelta) -> IntensitySeries:
         return self._forecast(self._history_for_forecaster(zone, now), now, horizon, self.policy.forecaster)
+
+    def _history_for_blend(self, zone: str, now: datetime) -> IntensitySeries | None:
+        """The cached history of ``zone``; asks the provider (through the forecaster's path, so
+        the answer is cached for both) only when no history request was made for the zone
+        within ``history_ttl`` and the cache does not serve. None when there is none."""
+        key = (zone,)
+        if self._history_asked.get(key) is None:
+            try:
+                return self._history_for_forecaster(zone, now)
+            except SignalError:
+                self._history_asked.put(key, True)   # a failure (or a retry pause) counts as the hour's request
+        return self._history_cache.get_stale(key)
+
+    def _blended(self, s: IntensitySeries, zone: str, now: datetime, horizon: timedelta) -> IntensitySeries:
+        """``s`` (the provider's forecast) corrected by the latest actual and mixed with the own
+        forecast, when usable history exists; otherwise ``s`` as issued, ``meta["blend"]``
+        saying why. Never raises: any failure serves ``s`` (logged)."""
+        try:
+            hist = self._history_for_blend(zone, now)
+            why = self._unusable(hist, s, now)
+            if why is not None:
+                return self._as_issued(s, zone, *why)
+            assert hist is not None
+            b = blend_with_provider(s, hist, now, horizon, self.policy.forecaster)
+            if b.meta.get("correction") is None or len(b) == 0 or b.kind != s.kind \
+                    or not np.isfinite(b.values).all():
+                return self._as_issued(s, zone, "NotBlended", "the blend kept the provider's forecast")
+        except Exception as exc:   # noqa: BLE001 - the blend is an improvement, never a failure
+            return self._as_issued(s, zone, "BlendFailed", f"{type(exc).__name__}: {exc}", error=True)
+        used = hist.window(hist.start, now)
+        info = {"applied": True, "correction": b.meta.get("correction"), "own_weight": b.meta.get("own_weight"),
+                "history_from": format_time(used.start), "history_to": format_time(used.end)}
+        self._said(zone, "applied", f"blending the {s.source} forecast for {zone} with the latest actual "
+                                    f"(history to {info['history_to']})")
+        meta = {k: v for k, v in s.meta.items() if k not in ("blend",)}
+        meta.update(model=b.meta.get("model"), blend=info)
+        return replace(b, source=f"{s.source}+blend", meta=meta)
+
+    def _unusable(self, hist: IntensitySeries | None, s: IntensitySeries,
+                  now: datetime) -> tuple[str, str] | None:
+        """(reason, message) when ``hist`` cannot correct ``s`` at ``now``; None when it can."""
+        if hist is None or len(hist) == 0:
+            return "NoHistory", "no recorded history"
+        if hist.kind != s.kind:
+            return "KindMismatch", f"history is {hist.kind}, the forecast {s.kind}: never mixed"
+        before = min(len(hist), hist.index_of(now))
+        end = hist.start + hist.step * max(before, 0)
+        if before <= 0 or now - end > self.policy.blend_history_max_age:
+            return "Stale", f"history ends {format_time(hist.end)}, more than {self.policy.blend_history_max_age} before now"
+        need = self.policy.forecaster.min_history
+        if hist.step * before < need:
+            return "InsufficientHistory", f"{hist.step * before} of history, the blend wants {need}"
+        return None
+
+    def _as_issued(self, s: IntensitySeries, zone: str, reason: str, message: str, *,
+                   error: bool = False) -> IntensitySeries:
+        self._said(zone, reason, f"serving the {s.source} forecast for {zone} as issued, not blended: "
+                                 f"{reason}: {message}", error=error)
+        return replace(s, meta={**s.meta, "blend": {"applied": False, "reason": reason, "message": message}})
+
+    def _said(self, zone: str, outcome: str, line: str, *, error: bool = False) -> None:
+        """Log a zone's blend outcome when it changes (not once per reconcile)."""
+        if self._blend_said.get(zone) != outcome:
+            self._blend_said[zone] = outcome
+            (log.warning if error else log.info)("%s", line)
 
     def _extended(self, s: IntensitySeries, zone: str, now: datetime, horizon: timedelta) -> IntensitySeries:
         """A short provider forecast, continued towards ``now + horizon`` on the provider's grid
@@ -251,6 +339,7 @@ class SignalInfo:
     extended: tuple[tuple[str, str], ...] = ()  # (link, from) of each part after it
     partial: bool = False                      # history not reaching back to the start asked
     zone_map: str | None = None                # why another zone's profile serves
+    blended: bool = False                      # the provider's forecast corrected by the latest actual (+ own)
 
     @property
     def kind_changed(self) -> bool:
@@ -274,6 +363,8 @@ class SignalInfo:
         profile — is never silent)."""
         tried = "; ".join(f"{link}: {reason}" for link, reason in self.fallback)
         parts = [f"intensity from {self.source} ({self.kind}{', estimate' if self.estimate else ''})"]
+        if self.blended:
+            parts.append("the provider's forecast corrected by the latest actual and blended with the own forecast")
         if tried:
             parts.append(f"after {tried}")
         if self.short:
@@ -307,4 +398,5 @@ def describe(series: IntensitySeries) -> SignalInfo:
         fallback=tuple((str(f.get("link", "?")), str(f.get("reason", "Unknown"))) for f in m.get("fallback") or ()),
         short=bool(m.get("short")), covers_until=m.get("covers_until"),
         extended=tuple((str(x.get("link")), str(x.get("from"))) for x in m.get("extended") or ()),
-        partial=bool(m.get("partial")), zone_map=m.get("zone_map"))
+        partial=bool(m.get("partial")), zone_map=m.get("zone_map"),
+        blended=isinstance(m.get("blend"), dict) and m["blend"].get("applied") is True)
