@@ -25,7 +25,7 @@ STEPS = ("5m", "15m", "30m", "1h")
 # schedule could meet it: the exact offline check says infeasible, or the job is
 # unplaceable); 2 bad input; 3 a deadline was missed that could have been met
 EXIT_AVOIDABLE_MISS = 3
-FORECASTERS = ("builtin", "perfect")
+FORECASTERS = ("builtin", "perfect", "blended")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -63,11 +63,17 @@ def _register_shifting(s: argparse._SubParsersAction) -> None:
     p.add_argument("--step", default="30m",
                    help=f"decision step ({'|'.join(STEPS)}; any duration works; default: %(default)s)")
     p.add_argument("--capacity-gpus", type=int, default=None, help="GPUs available to these jobs (default: unlimited)")
-    fc = p.add_mutually_exclusive_group()
-    fc.add_argument("--forecast-error", type=float, default=None, metavar="FRACTION",
-                    help="forecast = actual + N(0, FRACTION × mean(actual)) (with --seed)")
-    fc.add_argument("--forecast", type=Path, default=None, help="FORECASTS.csv: issued_utc,target_utc,gco2_per_kwh")
-    fc.add_argument("--forecaster", choices=FORECASTERS, default=None, help="builtin (from past actuals) or perfect (the default when no forecast option is given)")
+    # --forecast-error, --forecast and --forecaster exclude each other, except --forecaster blended,
+    # which needs --forecast (checked in shifting_inputs: a clear error, exit status 2)
+    p.add_argument("--forecast-error", type=float, default=None, metavar="FRACTION",
+                   help="forecast = actual + N(0, FRACTION × mean(actual)) (with --seed)")
+    p.add_argument("--forecast", type=Path, default=None,
+                   help="FORECASTS.csv: issued_utc,target_utc,gco2_per_kwh (a provider's forecasts as issued; "
+                        "served as issued unless --forecaster blended)")
+    p.add_argument("--forecaster", choices=FORECASTERS, default=None,
+                   help="builtin (from past actuals), perfect (the default when no forecast option is given) or "
+                        "blended (the --forecast file's forecasts corrected by the latest actual and mixed with "
+                        "builtin, as the operator serves a provider forecast with history: needs --forecast)")
     p.add_argument("--seed", type=int, default=0, help="noise seed for --forecast-error (default: %(default)s)")
     p.add_argument("--policy", choices=POLICIES, default="greenml", help="decision policy (default: %(default)s)")
     p.add_argument("--safety-margin", default="0s", help="the operator's safety margin (default 0s: no start-up latency)")
@@ -91,6 +97,21 @@ def _progress(label: str):
     return report
 
 
+def check_forecast_options(args: argparse.Namespace) -> None:
+    """One forecast option, or --forecaster blended with the --forecast it blends. Raises
+    SimInputError (exit status 2) naming what is wrong."""
+    given = [o for o, v in (("--forecast-error", args.forecast_error), ("--forecast", args.forecast),
+                            ("--forecaster", args.forecaster)) if v is not None]
+    if args.forecaster == "blended":
+        if args.forecast is None:
+            raise SimInputError("--forecaster blended needs --forecast FORECASTS.csv: the provider's forecasts as "
+                                "issued, which it corrects by the latest actual and mixes with the builtin forecaster")
+        if args.forecast_error is not None:
+            raise SimInputError("--forecaster blended and --forecast-error exclude each other")
+    elif len(given) > 1:
+        raise SimInputError(f"{' and '.join(given)} exclude each other (only --forecaster blended goes with --forecast)")
+
+
 def shifting_inputs(args: argparse.Namespace):
     """Parse the contract's inputs: (jobs, actual, forecaster, policy). Raises SimInputError/ValueError."""
     from greenml.signals.file import load_intensity_csv
@@ -98,11 +119,15 @@ def shifting_inputs(args: argparse.Namespace):
     from greenml.sim.jobs import read_forecasts_csv, read_jobs_csv
     from greenml.sim.shifting import SimPolicy
 
+    check_forecast_options(args)
     step = parse_duration(args.step)
     actual = load_intensity_csv(args.intensity, column=args.column, source=args.intensity.name)
     jobs = read_jobs_csv(args.jobs)
     if args.forecast_error is not None:
         forecaster, label = forecasts.noisy(actual, args.forecast_error, args.seed), f"noise {args.forecast_error:g} seed {args.seed}"
+    elif args.forecaster == "blended":
+        forecaster = forecasts.blended(read_forecasts_csv(args.forecast), actual)
+        label = f"blended {args.forecast.name}"
     elif args.forecast is not None:
         forecaster, label = forecasts.snapshots(read_forecasts_csv(args.forecast)), f"snapshots {args.forecast.name}"
     elif args.forecaster == "builtin":
