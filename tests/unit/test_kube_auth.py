@@ -231,3 +231,45 @@ def test_a_provider_over_https_verifies_against_requests_ca_bundle(monkeypatch, 
             provider(url).get("/v3/carbon-intensity/latest")
         # a bundle configured for the provider wins over the environment's
         assert provider(url, ca_bundle=str(pki["server_ca"])).get("/v3/carbon-intensity/latest") == body
+
+
+# ------------------------------------------------------------------ proxies, read once
+def test_the_proxy_environment_is_honoured_and_read_once(monkeypatch):
+    """HTTPS_PROXY/HTTP_PROXY and NO_PROXY apply to the API server as before, but are read
+    when the client is made (requests' trust_env looked them and ~/.netrc up on every call)."""
+    seen: list[str] = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        def do_GET(self):            # a forward proxy gets the absolute URI
+            seen.append(self.path)
+            body = b'{"proxied": true}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        for var in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{srv.server_port}")
+        cfg = client.Configuration()
+        cfg.host = "http://kube.invalid:6443"
+        kube = Kube(cfg)
+        assert kube.session.trust_env is False
+        monkeypatch.delenv("HTTP_PROXY")              # read at construction: still proxied
+        assert kube.request("GET", "/version", "version") == {"proxied": True}
+        assert seen == ["http://kube.invalid:6443/version"]
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{srv.server_port}")
+        monkeypatch.setenv("NO_PROXY", "kube.invalid")
+        direct = Kube(cfg)
+        with pytest.raises(Transient):                 # not through the proxy: the host does not resolve
+            direct.request("GET", "/version", "version")
+        assert len(seen) == 1
+    finally:
+        srv.shutdown()
