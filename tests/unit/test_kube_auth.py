@@ -96,12 +96,12 @@ def pki(tmp_path) -> dict[str, Path]:
 @contextmanager
 def serve(body: dict, tls: tuple[Path, Path] | None = None) -> Iterator[tuple[str, list[dict[str, str]]]]:
     """An HTTP(S) server on 127.0.0.1 answering every GET with ``body``; yields its URL and
-    the headers of each request it got."""
+    the headers of each request it got (the request target under ``:path``)."""
     seen: list[dict[str, str]] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - http.server's name
-            seen.append(dict(self.headers))
+            seen.append({**dict(self.headers), ":path": self.path})
             data = json.dumps(body).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -237,39 +237,17 @@ def test_a_provider_over_https_verifies_against_requests_ca_bundle(monkeypatch, 
 def test_the_proxy_environment_is_honoured_and_read_once(monkeypatch):
     """HTTPS_PROXY/HTTP_PROXY and NO_PROXY apply to the API server as before, but are read
     when the client is made (requests' trust_env looked them and ~/.netrc up on every call)."""
-    seen: list[str] = []
-
-    class Proxy(BaseHTTPRequestHandler):
-        def do_GET(self):            # a forward proxy gets the absolute URI
-            seen.append(self.path)
-            body = b'{"proxied": true}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a):
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        for var in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
-            monkeypatch.delenv(var, raising=False)
-        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{srv.server_port}")
-        cfg = client.Configuration()
-        cfg.host = "http://kube.invalid:6443"
-        kube = Kube(cfg)
+    for var in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    with serve({"proxied": True}) as (proxy, seen):      # a forward proxy gets the absolute URI
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+        kube = Kube(configuration("http://kube.invalid:6443"))
         assert kube.session.trust_env is False
-        monkeypatch.delenv("HTTP_PROXY")              # read at construction: still proxied
+        monkeypatch.delenv("HTTP_PROXY")                 # read at construction: still proxied
         assert kube.request("GET", "/version", "version") == {"proxied": True}
-        assert seen == ["http://kube.invalid:6443/version"]
-        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{srv.server_port}")
+        assert [h[":path"] for h in seen] == ["http://kube.invalid:6443/version"]
+        monkeypatch.setenv("HTTP_PROXY", proxy)
         monkeypatch.setenv("NO_PROXY", "kube.invalid")
-        direct = Kube(cfg)
-        with pytest.raises(Transient):                 # not through the proxy: the host does not resolve
-            direct.request("GET", "/version", "version")
+        with pytest.raises(Transient):                   # not through the proxy: the host does not resolve
+            Kube(configuration("http://kube.invalid:6443")).request("GET", "/version", "version")
         assert len(seen) == 1
-    finally:
-        srv.shutdown()
