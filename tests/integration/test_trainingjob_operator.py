@@ -216,7 +216,8 @@ async def test_a_quiet_window_costs_no_reconcile_and_no_write(api, kubeconfig, t
         assert _reconciles(op) == before, f"{_reconciles(op) - before} reconciles in a quiet window"
         for n in names:          # what kube-controller-manager writes on a suspended Job
             await api.patch(JOBS, NS, f"{n}-run", {"status": {"conditions": [
-                {"type": "Suspended", "status": "True", "reason": "JobSuspended", "message": "Job suspended"}]}})
+                {"type": "Suspended", "status": "True", "reason": "JobSuspended", "message": "Job suspended"}],
+                "ready": 0, "terminating": 0}})
         await asyncio.sleep(3)
         writes = len([r for r in api.requests_to("patch", "/trainingjobs/") if "/status" in str(r.url)]) - before_writes
         assert writes == 0, f"{writes} status writes after the Jobs' Suspended condition"

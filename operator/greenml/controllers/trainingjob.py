@@ -96,8 +96,12 @@ def _job_view(job: Mapping[str, Any]) -> tuple:
     """What of a Job a decision reads: what ``decide`` observes of it and its pod counts (the
     power caps' ``pods_signature``). The Job controller's own bookkeeping (a ``Suspended``
     condition, its timestamps) wakes nothing — at 5,000 that was 2,900 reconciles that wrote
-    nothing, 3 minutes after start-up."""
-    return (job.get("metadata", {}).get("uid"), JobObservation.from_job(job), pods_signature(job, 0))
+    nothing, 3 minutes after start-up. Unset and zero counts are the same (the controller
+    writes ``ready: 0`` on a suspended Job), and pods cannot run while it is suspended."""
+    obs = JobObservation.from_job(job)
+    if obs.suspended:
+        obs = replace(obs, pods_running=None)
+    return (job.get("metadata", {}).get("uid"), obs, tuple(c or 0 for c in pods_signature(job, 0)[1:]))
 
 
 def _observed(ctx: Context, namespace: str, name: str) -> Mapping[str, Any] | None:
