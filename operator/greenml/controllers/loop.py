@@ -136,13 +136,20 @@ def lean(body: Mapping[str, Any]) -> dict[str, Any]:
     last-applied annotation (a second copy of the spec), which no decision reads — at 5,000
     objects of each kind they were a good part of the operator's memory."""
     out = dict(body)
-    meta = out.get("metadata")
-    if isinstance(meta, Mapping) and ("managedFields" in meta or LAST_APPLIED in (meta.get("annotations") or {})):
-        meta = {k: v for k, v in meta.items() if k != "managedFields"}
-        ann = meta.get("annotations")
-        if isinstance(ann, Mapping) and LAST_APPLIED in ann:
-            meta["annotations"] = {k: v for k, v in ann.items() if k != LAST_APPLIED}
-        out["metadata"] = meta
+    if isinstance(out.get("metadata"), Mapping):
+        out["metadata"] = lean_meta(out["metadata"])
+    return out
+
+
+def lean_meta(meta: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``meta`` without managedFields and the last-applied annotation (itself when it has neither)."""
+    ann = meta.get("annotations")
+    has_applied = isinstance(ann, Mapping) and LAST_APPLIED in ann
+    if "managedFields" not in meta and not has_applied:
+        return meta
+    out = {k: v for k, v in meta.items() if k != "managedFields"}
+    if has_applied:
+        out["annotations"] = {k: v for k, v in ann.items() if k != LAST_APPLIED}
     return out
 
 
