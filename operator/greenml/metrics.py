@@ -313,7 +313,10 @@ def record_workload(metrics: Metrics, namespace: str, name: str, record: Mapping
 def _record_usage(metrics: Metrics, namespace: str, name: str, kind: str, gpus: int, watts: float,
                   usage: Mapping, policy: AccountingPolicy) -> None:
     kwh = float(usage.get("energyKwh") or 0.0)
-    run_s = kwh_to_joules(kwh) / watts if watts > 0 else 0.0    # usage is run time × the job's watts
+    if usage.get("countedRunSeconds") is not None:          # carbon-aware caps: energy is not run time × watts
+        run_s = float(usage["countedRunSeconds"])
+    else:
+        run_s = kwh_to_joules(kwh) / watts if watts > 0 else 0.0    # usage is run time × the job's watts
     metrics.usage(namespace, name, kind, energy_j=kwh_to_joules(kwh),
                   operational_g=float(usage.get("grams") or 0.0) * policy.pue,
                   embodied_g=embodied_grams(gpus, run_s, policy.hardware))

@@ -160,6 +160,9 @@ class Usage(StatusModel):
     energy_kwh: float = 0.0
     grams: float = 0.0
     source: str | None = None
+    counted_run_seconds: float | None = Field(
+        default=None, description="Carbon-aware power caps: the run time (at maxWatts, as progress counts it) "
+                                  "that energyKwh accounts for; the energy accrues at the draw of each cap.")
 
 
 Phase = Literal["Pending", "Waiting", "Running", "Paused", "Succeeded", "Failed"]

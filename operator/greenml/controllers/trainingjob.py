@@ -29,7 +29,7 @@ from greenml.kube.client import FIELD_MANAGER
 from greenml.planning.power import window_caps
 from greenml.services.trainingjob import (
     LABEL_MANAGED_BY, LABEL_OWNER, MANAGED_BY, InvalidSpec, JobObservation, Outcome, Progress, capped_view,
-    after_create, carried_cap, check_feasible, decide, job_manifest, job_name, next_wakeup, owned_by, persist_capped,
+    after_create, capped_usage, carried_cap, check_feasible, decide, job_manifest, job_name, next_wakeup, owned_by, persist_capped,
     pods_signature, pods_to_cap, power_cap_annotation, resolve,
 )
 from greenml.timeutil import format_time
@@ -251,7 +251,7 @@ async def reconcile(ctx: Context, body: Mapping[str, Any], status: Mapping[str, 
     measured = await asyncio.to_thread(measure, ctx, req, outcome, now) if outcome.progress.runs else None
     write_status(body, status, patch, req, outcome, plan, failure, now, generation,
                  intensity=signal.now if signal else None, measured=measured,
-                 signal_info=signal.info if signal else None)
+                 signal_info=signal.info if signal else None, cap_watts=ran)
     record_board(metrics_of(ctx), ctx.board)
     record_trainingjob(metrics_of(ctx), req, patch.status, plan, accounting_of(ctx))
     for other in ctx.board.take_changed():          # a replan moved other jobs' plans: tell them
@@ -413,9 +413,12 @@ def apply(ctx: Context, req, body: Mapping[str, Any], outcome: Outcome, observed
 
 def write_status(body, status, patch: Patch, req, outcome: Outcome, plan, failure, now: datetime,
                  generation: int | None, intensity: float | None = None,
-                 measured: tuple[float, str] | None = None, signal_info: Any = None) -> None:
+                 measured: tuple[float, str] | None = None, signal_info: Any = None,
+                 cap_watts: float | None = None) -> None:
     """``intensity`` (g/kWh, the planner's current slot): usage.grams accrues the energy used since
-    the last status at it (IT energy; PUE and embodied are added by accounting/metrics/report)."""
+    the last status at it (IT energy; PUE and embodied are added by accounting/metrics/report).
+    ``cap_watts``: the cap a carbon-aware job's open run segment ran under (``segment_cap``):
+    its energy counts at that cap's draw (``services.trainingjob.capped_usage``)."""
     prev = status.get("conditions")
     conds = [condition("InvalidSpec", False, "Valid", "spec accepted", now, generation, prev)]
     if plan is not None:
@@ -482,7 +485,15 @@ def write_status(body, status, patch: Patch, req, outcome: Outcome, plan, failur
 
     run_s = outcome.progress.total(now)
     used = status.get("usage") or {}
-    kwh = round(measured[0] if measured else run_s * req.watts / 3.6e6, 6)
+    counted = None
+    if measured:
+        kwh = round(measured[0], 6)
+    elif carbon_aware(req):
+        # each stretch at the draw of the cap it ran under (``segment_cap``'s, for the work since the last status)
+        energy, counted = capped_usage(req, outcome.progress, now, used, cap_watts)
+        kwh = round(energy, 6)
+    else:
+        kwh = round(run_s * req.watts / 3.6e6, 6)     # a static cap: watts and run time are already the capped ones
     source = f"prometheus ({measured[1]})" if measured else f"power-model ({req.power_source})"
     grams = float(used.get("grams") or 0.0)
     if used.get("source") not in (None, source) and intensity is not None:
@@ -494,7 +505,8 @@ def write_status(body, status, patch: Patch, req, outcome: Outcome, plan, failur
     patch.status["zone"] = req.zone
     patch.status["deadline"] = format_time(req.deadline)
     patch.status["progress"] = outcome.progress.to_status()
-    patch.status["usage"] = {"energyKwh": kwh, "grams": round(grams, 3), "source": source}
+    patch.status["usage"] = {"energyKwh": kwh, "grams": round(grams, 3), "source": source,
+                             **({"countedRunSeconds": round(counted, 3)} if counted is not None else {})}
     patch.status["conditions"] = merge_conditions(prev, conds)
     patch.status["observedGeneration"] = generation
     last = status.get("lastDecision") or {}

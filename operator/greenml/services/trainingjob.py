@@ -520,6 +520,31 @@ def capped_view(progress: Progress, speed: float, now: datetime, run_start: date
                    running_since=rs - timedelta(seconds=shift))
 
 
+def capped_usage(req: JobRequirements, progress: Progress, now: datetime, used: Mapping[str, Any],
+                 cap_watts: float | None) -> tuple[float, float]:
+    """A carbon-aware job's IT energy so far (kWh) and the run time it accounts for.
+
+    Each stretch of run counts at the draw of the cap it ran under: work (run time at
+    maxWatts, as progress counts it) done at a cap of level ``lv`` took ``work / lv.speed``
+    wall seconds at ``lv.power × req.watts`` — ``req.watts × lv.power / lv.speed`` joules per
+    second of work. Status cannot say which cap each closed segment ran under, so the energy
+    accrues: ``used`` (the last status's usage) holds the energy and ``countedRunSeconds``,
+    the work it covers; the work since then ran at ``cap_watts`` (the open segment's cap — a
+    change of cap rebases the segment and writes status, so one stretch has one cap).
+    ``progress`` is in status's terms (the open segment in wall time). Returns
+    (energyKwh, countedRunSeconds)."""
+    lv = req.cap.level(cap_watts) if req.cap is not None else None
+    speed = lv.speed if lv is not None and lv.speed > 0 else 1.0
+    rate = req.watts * (lv.power / speed if lv is not None else 1.0)            # J per second of work
+    open_s = (now - progress.running_since).total_seconds() if progress.running_since else 0.0
+    work = progress.run_seconds + max(0.0, open_s) * min(1.0, speed)
+    counted = used.get("countedRunSeconds")
+    before_kwh = f.number(used.get("energyKwh"), 0.0, minimum=0.0)
+    if not isinstance(counted, (int, float)) or isinstance(counted, bool) or not 0 <= counted <= work + 0.01:
+        return work * rate / 3.6e6, work        # nothing counted yet (or progress restarted): all of it at this cap
+    return before_kwh + max(0.0, work - counted) * rate / 3.6e6, work
+
+
 def persist_capped(req: JobRequirements, before: Progress, view: Progress, outcome: "Outcome", speed: float,
                    now: datetime) -> "Outcome":
     """``decide()``'s answer on ``capped_view(before, …)`` in the terms status keeps: a segment
