@@ -112,6 +112,15 @@ async def test_with_an_hpa_replicas_are_left_to_it(api, kubeconfig, tmp_path):
         _, hpa_body = applies(api, "/horizontalpodautoscalers/vision-hpa")[-1]
         assert set(hpa_body["spec"]) == {"maxReplicas"} and 1 <= hpa_body["spec"]["maxReplicas"] <= 6
 
+        async def recorded():
+            st = await status_of(api, "vision-budget")
+            return st if st.get("appliedMaxReplicas") == hpa_body["spec"]["maxReplicas"] else None
+
+        st = await wait_for("the cap recorded in status", recorded, op=op)
+        # the HPA's own maxReplicas is remembered (greenml's apply replaced it), and without a
+        # desiredReplicas it is what the owner asked for
+        assert (st["ownerMaxReplicas"], st["ownerReplicas"]) == (10, 10), st
+
 
 async def test_missing_target_is_reported_and_recovered(api, kubeconfig, tmp_path):
     with run_operator(tmp_path, operator_env(tmp_path, kubeconfig, intensity_file(tmp_path))) as op:
@@ -183,3 +192,37 @@ async def test_a_new_period_resets_the_spend(api, kubeconfig, tmp_path):
         st = await wait_for("the period to roll over", rolled, op=op)
         assert st["spend"]["grams"] < 1.0, st["spend"]            # yesterday's 29.5 g do not carry over
         assert st["spend"]["periodEnd"] == iso(yesterday + timedelta(days=2))
+
+
+async def test_throttling_without_a_load_query_keeps_the_owners_load(api, kubeconfig, tmp_path):
+    """Its own throttle lowers the Deployment's replicas; the next reconciles still assume the
+    owner's 6 replicas at full capacity (status.ownerReplicas), not the throttled count."""
+    owner = 6
+    with run_operator(tmp_path, operator_env(tmp_path, kubeconfig, intensity_file(tmp_path))) as op:
+        await api.create(DEPLOY, deployment("paced", replicas=owner))
+        obj = budget("paced-budget", "paced", grams=0.5)   # not even the small variant fits: throttle
+        obj["spec"]["policy"].update({"onBudgetBreach": "throttle", "maxReplicas": 8})
+        await api.create(IB, obj)
+
+        def written():
+            """The status patches of the budget, in order (one per reconcile: spend moves on)."""
+            return [json.loads(r.text or r.body or "{}").get("status") or {}
+                    for r in api.requests_to("patch", "/paced-budget/status")]
+
+        def messages(kind):
+            return [c["message"] for w in written() for c in w.get("conditions") or [] if c["type"] == kind]
+
+        first = await wait_for("a throttled decision", lambda: messages("Throttled"), op=op)
+        # later reconciles: the conditions are written again whenever one of them changes (the
+        # grams spent so far move on), each with the Throttled condition's "replicas/needed"
+        await wait_for("two more writes of the conditions", lambda: len(messages("Throttled")) >= 3, op=op, timeout=60)
+        st = await status_of(api, "paced-budget")
+        dep = await api.get(DEPLOY, NS, "paced")
+        assert dep["spec"]["replicas"] == st["replicas"] < owner, (dep["spec"], st)   # greenml throttled it
+        conds = {c["type"]: c for c in st["conditions"]}
+        assert conds["Throttled"]["status"] == "True" and conds["Throttled"]["message"] == first[0], conds
+        assert set(messages("Throttled")) == {first[0]}   # never re-sized for less load
+        assumed = messages("SignalsDegraded")
+        assert len(assumed) >= 3 and len(set(assumed)) == 1 and f"{owner} × full" in assumed[0], assumed
+        assert st["ownerReplicas"] == owner
+        assert op.alive()

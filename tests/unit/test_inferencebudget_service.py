@@ -12,13 +12,13 @@ T0 = datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
 STEP = timedelta(minutes=5)
 
 
-def body(policy: dict | None = None) -> dict:
-    def variant(name, quality, watts):
-        return {"name": name, "quality": quality, "capacityRps": 10, "power": {"wattsPerReplica": watts},
+def body(policy: dict | None = None, *, kwh: float = 1000.0, small_rps: float = 10) -> dict:
+    def variant(name, quality, watts, rps):
+        return {"name": name, "quality": quality, "capacityRps": rps, "power": {"wattsPerReplica": watts},
                 "patch": {"spec": {"template": {"spec": {"containers": [{"name": "s", "image": name}]}}}}}
-    return {"spec": {"targetRef": {"name": "chat"}, "zone": "DE", "budget": {"energyKWh": 1000.0, "period": "day"},
+    return {"spec": {"targetRef": {"name": "chat"}, "zone": "DE", "budget": {"energyKWh": kwh, "period": "day"},
                      "policy": {"minReplicas": 1, "maxReplicas": 4, "minDwell": "1s", **(policy or {})},
-                     "variants": [variant("full", 1.0, 400), variant("small", 0.8, 100)]}}
+                     "variants": [variant("full", 1.0, 400, 10), variant("small", 0.8, 100, small_rps)]}}
 
 
 def signals(ok: bool = True, load: float = 20.0, n: int = 200) -> svc.Signals:
@@ -69,3 +69,96 @@ def test_state_round_trips_through_status():
     assert state is not None and until == T0
     assert (state.active_variant, state.replicas) == (out.decision.variant, out.decision.replicas)
     assert state.period_start <= T0 < state.period_end
+
+
+# ---------------------------------------------------------------- the load assumed without a loadQuery
+
+def serve(spec, model, status, deployment, now, hpa=None):
+    """One reconcile as the controller runs it without a loadQuery: the owner's replicas →
+    the assumed load → the decision; the status it writes goes through JSON (what a
+    restarted operator reads back); the Deployment gets the decision's replicas (no HPA)."""
+    import json
+
+    owner = svc.owner_replicas(model, status, deployment, hpa)
+    load, _ = svc.assumed_load(model, owner)
+    out = svc.reconcile(spec, model, status, now, signals(load=load), STEP)
+    if hpa is None:
+        deployment["spec"]["replicas"] = out.decision.replicas
+    return out, load, json.loads(json.dumps({**status_of(out, model), **owner.to_status()}))
+
+
+def test_own_throttle_does_not_lower_the_assumed_load():
+    """A budget the floor variant cannot hold, throttled: greenml lowers the Deployment's
+    replicas, and every later reconcile (restarts included: status only) still assumes the
+    owner's replicas at full capacity."""
+    spec, model = svc.parse_spec(body({"onBudgetBreach": "throttle", "maxReplicas": 8}, kwh=0.5))
+    owner = 6
+    deployment = {"spec": {"replicas": owner}}
+    status, loads, throttled = None, [], []
+    for i in range(6):
+        out, load, status = serve(spec, model, status, deployment, T0 + i * STEP)
+        loads.append(load)
+        throttled.append(out.decision.throttled)
+    assert all(throttled) and deployment["spec"]["replicas"] < owner      # the case at hand
+    capacity = model.variants[0].capacity_rps                             # the owner's pods: the first variant
+    assert loads == [owner * capacity] * len(loads)
+    assert status["ownerReplicas"] == owner
+
+
+def test_a_switch_to_a_variant_of_other_capacity_keeps_the_owners_load():
+    """2 × full (10 req/s each) → small at 5 req/s needs 4 replicas, not throttled: the next
+    reconcile still assumes 2 × full's capacity, not 4 × small's or 2 × small's."""
+    spec, model = svc.parse_spec(body(kwh=6.0, small_rps=5))
+    deployment = {"spec": {"replicas": 2}}
+    first, load0, status = serve(spec, model, None, deployment, T0)
+    assert first.decision.variant == "small" and not first.decision.throttled
+    assert deployment["spec"]["replicas"] != 2
+    _, load1, status = serve(spec, model, status, deployment, T0 + STEP)
+    assert load1 == load0 == 2 * model.variants[0].capacity_rps
+    assert (status["ownerReplicas"], status["ownerVariant"]) == (2, None)
+
+
+def test_replicas_changed_by_someone_else_become_the_owners():
+    spec, model = svc.parse_spec(body({"onBudgetBreach": "throttle", "maxReplicas": 8}, kwh=0.5))
+    deployment = {"spec": {"replicas": 6}}
+    out, _, status = serve(spec, model, None, deployment, T0)
+    changed = out.decision.replicas + 1                 # a user scales by hand
+    deployment["spec"]["replicas"] = changed
+    _, load, status = serve(spec, model, status, deployment, T0 + STEP)
+    active = model.variants[model.index(out.decision.variant)]
+    assert load == changed * active.capacity_rps
+    assert (status["ownerReplicas"], status["ownerVariant"]) == (changed, active.name)
+
+
+def hpa(max_replicas: int, desired: int | None) -> dict:
+    return {"spec": {"maxReplicas": max_replicas}, "status": {} if desired is None else {"desiredReplicas": desired}}
+
+
+def test_with_an_hpa_the_owner_is_its_desired_replicas_below_the_cap_else_its_own_max():
+    spec, model = svc.parse_spec(body())
+    dep = {"spec": {"replicas": 3}}
+    # before greenml capped it: the HPA's own figures
+    below = svc.owner_replicas(model, {}, dep, hpa(9, 4))
+    assert (below.replicas, below.hpa_max_replicas) == (4, 9)
+    at_max = svc.owner_replicas(model, {}, dep, hpa(9, 9))
+    assert at_max.replicas == 9
+    # greenml capped it at 2 (status.appliedMaxReplicas): desired at the cap → the owner's 9 remembered
+    capped = {"activeVariant": "small", "replicas": 2, "appliedMaxReplicas": 2, **at_max.to_status()}
+    held = svc.owner_replicas(model, capped, dep, hpa(2, 2))
+    assert (held.replicas, held.hpa_max_replicas, held.variant) == (9, 9, "small")
+    # below the cap the HPA's desire is the owner's
+    assert svc.owner_replicas(model, capped, dep, hpa(2, 1)).replicas == 1
+    # someone set maxReplicas since greenml's cap: that is the owner's now
+    edited = svc.owner_replicas(model, capped, dep, hpa(7, 7))
+    assert (edited.replicas, edited.hpa_max_replicas) == (7, 7)
+    # no desiredReplicas yet: the owner's max
+    assert svc.owner_replicas(model, capped, dep, hpa(2, None)).replicas == 9
+
+
+def test_owner_fields_that_do_not_read_fall_back_to_the_deployment():
+    spec, model = svc.parse_spec(body())
+    junk = {"replicas": 2, "ownerReplicas": "many", "ownerVariant": 7}
+    o = svc.owner_replicas(model, junk, {"spec": {"replicas": 2}})
+    assert (o.replicas, o.variant) == (2, None)
+    o = svc.owner_replicas(model, {"replicas": 2, "ownerReplicas": 5, "ownerVariant": "gone"}, {"spec": {"replicas": 2}})
+    assert (o.replicas, o.variant) == (5, None)      # a variant no longer in the spec: the first one's capacity

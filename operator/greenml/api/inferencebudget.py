@@ -154,6 +154,15 @@ class InferenceBudgetStatus(StatusModel):
     phase: Literal["Pending", "Active", "Degraded", "Failed"] | None = None
     active_variant: str | None = None
     replicas: int | None = None
+    owner_replicas: int | None = Field(
+        default=None, ge=0,
+        description="Replicas the workload's owner asked for (the Deployment's before greenml's, or its HPA's desired "
+                    "or own maxReplicas): without a loadQuery the load is assumed to be these at full capacity.")
+    owner_variant: str | None = Field(default=None, description="The variant ownerReplicas are replicas of.")
+    owner_max_replicas: int | None = Field(
+        default=None, ge=1, description="With an HPA: its maxReplicas as its owner set it, before greenml's cap.")
+    applied_max_replicas: int | None = Field(
+        default=None, ge=0, description="With an HPA: the maxReplicas (the cap) greenml last applied to it.")
     switched_at: datetime | None = None
     spend: Spend | None = None
     carbon_price: float | None = Field(default=None, description="λ: quality units given up per gram (the pacing price).")

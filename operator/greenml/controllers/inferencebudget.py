@@ -3,8 +3,8 @@
 Each tick: read signals (intensity now + forecast to the period end from the same
 source chain the planner uses; load from `spec.loadQuery` — its current value and two
 weeks of history, forecast by greenml.planning.loadforecast, the current value held flat while
-the history is short — or, without one, the Deployment's current replicas taken as what
-the load needs), decide, apply the
+the history is short — or, without one, the replicas the Deployment's owner (or its HPA)
+asked for, before greenml's throttle, taken as what the load needs), decide, apply the
 variant by server-side apply under the `greenml-operator` field manager (only the
 fields the variant patch names), and throttle through an HPA's maxReplicas when one
 targets the Deployment (never fighting it over replicas).
@@ -79,8 +79,10 @@ def hpa_for(ctx: Context, ns: str, target: str) -> str | None:
     return names[0] if names else None
 
 
-def read_signals(ctx: Context, zone: str, spec, model, deployment: Mapping[str, Any], active: str | None,
-                 now: datetime, end: datetime, step: timedelta) -> svc.Signals:
+def read_signals(ctx: Context, zone: str, spec, model, deployment: Mapping[str, Any], status: Mapping[str, Any] | None,
+                 now: datetime, end: datetime, step: timedelta, owner: svc.OwnerReplicas | None = None) -> svc.Signals:
+    """``owner``: the replicas the load is assumed from without a loadQuery (svc.owner_replicas
+    of the Deployment and ``status``, without an HPA, unless given)."""
     n = max(1, int(-(-(end - now).total_seconds() // step.total_seconds())))
     degraded, estimate = None, False
     try:
@@ -104,11 +106,10 @@ def read_signals(ctx: Context, zone: str, spec, model, deployment: Mapping[str, 
         # the provider's reason, not the last link's (the embedded profile's UnknownZone)
         forecast, current_ci, source = None, None, f"none: {exc}"
         degraded = failed[0]["reason"] if failed else exc.reason
-    replicas_now = int((deployment.get("spec") or {}).get("replicas") or model.min_replicas)
-    idx = model.index(active) if active else 0
-    assumed = replicas_now * model.variants[idx if idx is not None else 0].capacity_rps
+    # the owner's replicas, not the Deployment's (greenml's throttle lowers those)
+    assumed, assumed_from = svc.assumed_load(model, owner or svc.owner_replicas(model, status, deployment))
     current, history = read_load(ctx, spec.load_query, now, step)
-    load = svc.load_signals(model, now, step, n, assumed, current, history)
+    load = svc.load_signals(model, now, step, n, assumed, current, history, assumed_from)
     return svc.Signals(current_ci, forecast, load.now, load.forecast, source, load.source,
                        degraded or load.degraded_reason, estimate, load.error)
 
@@ -173,12 +174,19 @@ async def reconcile(ctx: Context, body: Mapping[str, Any], status: Mapping[str, 
     previous, _ = svc.state_from_status(status)
     end = (previous.period_end if previous and previous.period_start <= now < previous.period_end
            else svc.core.new_state(model, now).period_end)
+    hpa = hpa_for(ctx, ns, target)
+    # read now, not from the watch's store: whether its maxReplicas is still greenml's cap
+    # must not hinge on a watch event that has not arrived yet
+    hpa_obj = (await asyncio.to_thread(ctx.kube.get, "autoscaling/v2", "horizontalpodautoscalers", ns, hpa)
+               if hpa else None)
+    if hpa_obj is None:
+        hpa = None
+    owner = svc.owner_replicas(model, status, deployment, hpa_obj)
     signals = await asyncio.to_thread(read_signals, ctx, spec.zone or ctx.cluster_zone(), spec, model, deployment,
-                                      status.get("activeVariant"), now, end, step)
+                                      status, now, end, step, owner)
     outcome = svc.reconcile(spec, model, status, now, signals, step)
     d = outcome.decision
 
-    hpa = hpa_for(ctx, ns, target)
     body_ = svc.deployment_apply_body(ns, target, spec, d.variant, None if hpa else d.replicas)
     # drift: the fields the operator applied were changed (or the Deployment recreated) by
     # someone else. Compared with what the server stored after the last apply (its
@@ -193,17 +201,21 @@ async def reconcile(ctx: Context, body: Mapping[str, Any], status: Mapping[str, 
         if drifted and not outcome.switched and status.get("observedGeneration") == generation:
             post_event(body, True, "TargetDrifted", f"Deployment {target} no longer carried variant {d.variant} "
                                                     "(changed or recreated by someone else): re-applied")
+    applied_cap = svc.f.integer(status.get("appliedMaxReplicas"), None, minimum=0) if hpa else None
     if hpa:
         # the cap follows the decision, also onto an HPA created after the budget
         cap = d.replicas if d.throttled else model.max_replicas
-        # applied with the variant (a switch, a new spec, drift), and on an HPA not capped yet
-        # (one created after the budget). Not on every change of the cap alone: without a
-        # loadQuery the load is read from the replicas, which the cap itself lowers.
+        # applied with the variant (a switch, a new spec, drift), on an HPA not capped yet
+        # (one created after the budget), and whenever its maxReplicas is not the cap. (The
+        # load assumed without a loadQuery comes from the owner's figure, owner_replicas,
+        # not from the replicas the cap lowers.)
         first = (last.get("hpa") or (None,))[0] != hpa
-        if first or outcome.switched or status.get("observedGeneration") != generation or drifted:
+        live_max = ((hpa_obj or {}).get("spec") or {}).get("maxReplicas")
+        if first or outcome.switched or status.get("observedGeneration") != generation or drifted or live_max != cap:
             await asyncio.to_thread(ctx.kube.apply, "autoscaling/v2", "horizontalpodautoscalers", ns, hpa,
                                     svc.hpa_apply_body(ns, hpa, cap))
             applied[key] = {**last, "hpa": (hpa, cap)}
+            applied_cap = cap
 
     prev = status.get("conditions")
     conds = [condition("TargetFound", True, "TargetFound", f"Deployment {target}", now, generation, prev)]
@@ -211,6 +223,8 @@ async def reconcile(ctx: Context, body: Mapping[str, Any], status: Mapping[str, 
     patch.status["phase"] = outcome.phase
     patch.status["activeVariant"] = d.variant
     patch.status["replicas"] = d.replicas
+    patch.status.update(owner.to_status())
+    patch.status["appliedMaxReplicas"] = applied_cap
     patch.status["switchedAt"] = format_time(outcome.state.switched_at) if outcome.state.switched_at else None
     patch.status["spend"] = outcome.spend_status(model, "power-model")
     patch.status["carbonPrice"] = None if not np.isfinite(d.carbon_price) else round(float(d.carbon_price), 9)

@@ -248,22 +248,22 @@ class LoadSignals:
 
 
 def load_signals(model: core.BudgetModel, now: datetime, step: timedelta, n: int, assumed: float,
-                 current: float | SignalError | None, history: tuple[datetime, timedelta, np.ndarray] | SignalError | None
-                 ) -> LoadSignals:
+                 current: float | SignalError | None, history: tuple[datetime, timedelta, np.ndarray] | SignalError | None,
+                 assumed_from: str = "the current replicas at full capacity") -> LoadSignals:
     """The load the pacer plans with, from what the controller read for ``spec.loadQuery``:
     ``current`` (the instant query's req/s, or its error), ``history`` ((start, step, values)
     of the range query, or its error); None where there is no loadQuery or no Prometheus.
 
     Forecast (``greenml.planning.loadforecast``, in the budget's time zone) when both
     answered and the history suffices; else the instant value held flat (the reason in
-    ``source``); else ``assumed`` (the current replicas at full capacity) with the failure
-    as the degraded reason.
+    ``source``); else ``assumed`` (``assumed_from`` says what it is: the owner's replicas at
+    full capacity, ``assumed_load``) with the failure as the degraded reason.
     """
     if current is None:
-        return LoadSignals(assumed, np.full(n, assumed), "assumed: current replicas at full capacity "
+        return LoadSignals(assumed, np.full(n, assumed), f"assumed: {assumed_from} "
                            "(no spec.loadQuery, or no Prometheus configured)", None)
     if isinstance(current, SignalError):
-        return LoadSignals(assumed, np.full(n, assumed), f"assumed: current replicas at full capacity "
+        return LoadSignals(assumed, np.full(n, assumed), f"assumed: {assumed_from} "
                            f"(spec.loadQuery failed: {current})", current.reason or "LoadQueryFailed")
     flat = np.full(n, current)
     if isinstance(history, SignalError):
@@ -281,6 +281,75 @@ def load_signals(model: core.BudgetModel, now: datetime, step: timedelta, n: int
     return LoadSignals(current, fc.on_grid(current, now, step, n),
                        f"prometheus, forecast ({fc.method}) from {format_duration(fc.history)} of history{err}", None,
                        fc.error)
+
+
+# ---------------------------------------------------------------- the owner's replicas (the assumed load)
+
+@dataclass(frozen=True)
+class OwnerReplicas:
+    """The replicas the workload's owner asked for — not the ones greenml applied — and
+    the variant they are replicas of: without a load signal the pacer assumes they are
+    busy (``assumed_load``). Kept in status (``to_status``), so greenml's own throttle, which
+    lowers the Deployment's replicas or the HPA's maxReplicas, never lowers the load it
+    assumes, across reconciles and restarts."""
+
+    replicas: int
+    variant: str | None          # None: the first variant (the owner's own, before any was applied)
+    source: str                  # where the figure came from, for the SignalsDegraded message
+    hpa_max_replicas: int | None = None   # with an HPA: its maxReplicas as its owner set it
+
+    def to_status(self) -> dict[str, Any]:
+        return {"ownerReplicas": self.replicas, "ownerVariant": self.variant,
+                "ownerMaxReplicas": self.hpa_max_replicas}
+
+
+def _variant_of(model: core.BudgetModel, name: Any) -> str | None:
+    return name if isinstance(name, str) and model.index(name) is not None else None
+
+
+def owner_replicas(model: core.BudgetModel, status: Mapping[str, Any] | None, deployment: Mapping[str, Any],
+                   hpa: Mapping[str, Any] | None = None) -> OwnerReplicas:
+    """What the owner asked for, from the target as read now and what greenml recorded.
+
+    Without an HPA: the Deployment's ``spec.replicas`` while they differ from what greenml
+    last applied (``status.replicas``: the first reconcile, or a user changed them); while
+    they equal it, the owner's figure remembered in ``status.ownerReplicas``. With an HPA:
+    its ``status.desiredReplicas`` when below the live maxReplicas (the cap did not bind:
+    the HPA's own desire), else its maxReplicas as its owner set it — the live one until
+    greenml caps it or when someone changed it since (it differs from
+    ``status.appliedMaxReplicas``), else the one remembered in ``status.ownerMaxReplicas``.
+    """
+    st = f.mapping(status)
+    active = _variant_of(model, st.get("activeVariant"))
+    if hpa is not None:
+        live_max = f.integer(f.mapping(hpa.get("spec")).get("maxReplicas"), None, minimum=1)
+        if live_max is not None:
+            applied = f.integer(st.get("appliedMaxReplicas"), None, minimum=0)
+            remembered = f.integer(st.get("ownerMaxReplicas"), None, minimum=1)
+            own_max = remembered if applied == live_max and remembered is not None else live_max
+            desired = f.integer(f.mapping(hpa.get("status")).get("desiredReplicas"), None, minimum=0)
+            if desired is not None and desired < live_max:
+                return OwnerReplicas(desired, active, "the HPA's desired replicas", own_max)
+            return OwnerReplicas(own_max, active, "the HPA's own maxReplicas (its desired replicas are at the cap)",
+                                 own_max)
+    raw = (deployment.get("spec") or {}).get("replicas")
+    live = raw if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0 else None
+    remembered = f.integer(st.get("ownerReplicas"), None, minimum=0)
+    applied = f.integer(st.get("replicas"), None, minimum=0)
+    if remembered is not None and live is not None and live == applied:
+        return OwnerReplicas(remembered, _variant_of(model, st.get("ownerVariant")), _DEPLOYMENT_OWNER)
+    return OwnerReplicas(int(live or model.min_replicas), active, _DEPLOYMENT_OWNER)
+
+
+_DEPLOYMENT_OWNER = "the Deployment's replicas as its owner set them"   # read now or remembered: one message
+
+
+def assumed_load(model: core.BudgetModel, owner: OwnerReplicas) -> tuple[float, str]:
+    """(req/s, what it is): the owner's replicas, each at its variant's full capacity."""
+    idx = model.index(owner.variant) if owner.variant is not None else None
+    v = model.variants[idx if idx is not None else 0]
+    rps = owner.replicas * v.capacity_rps
+    return rps, f"{owner.replicas} × {v.name} at full capacity, {rps:g} req/s, from {owner.source}"
 
 
 # ---------------------------------------------------------------- what to apply to the target
