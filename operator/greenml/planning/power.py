@@ -246,39 +246,46 @@ def segments(levels_per_slot: Mapping[int, CapLevel]) -> tuple[tuple[tuple[int, 
 
 
 def mixed(f: np.ndarray, allowed: np.ndarray | None, lo: int, work: float,
-          levels: Sequence[CapLevel]) -> CappedRuns | None:
+          levels: Sequence[CapLevel], forced: np.ndarray | None = None) -> CappedRuns | None:
     """A cap per slot over ``f`` (the intensities of [lo, lo + len(f))): the greedy over the
     hull's increments, then the last increment rounded up (see the module docstring).
-    ``allowed``: slots that may run (None: all). None when even full speed everywhere
-    allowed does not reach ``work``."""
+    ``allowed``: slots that may run (None: all). ``forced``: slots that must run (a running
+    job's minRunDuration remainder), at any level: their first increment is taken first and
+    never given back — the LP with those lower bounds is solved by the same greedy on the
+    rest, so the bound holds. None when even full speed everywhere allowed does not reach
+    ``work``."""
     hl = hull(levels)
-    if not hl or work <= _EPS:
+    must = np.zeros(f.size, dtype=bool) if forced is None else forced.astype(bool)
+    if not hl or (work <= _EPS and not must.any()):
         return CappedRuns((), (), 0.0) if work <= _EPS else None
     n = f.size
-    ok = np.ones(n, dtype=bool) if allowed is None else allowed.astype(bool)
+    ok = (np.ones(n, dtype=bool) if allowed is None else allowed.astype(bool)) | must
     if float(np.count_nonzero(ok)) * hl[-1].speed < work - 1e-9:
         return None
     ds = np.array([hl[0].speed] + [hl[i].speed - hl[i - 1].speed for i in range(1, len(hl))])
     dp = np.array([hl[0].power] + [hl[i].power - hl[i - 1].power for i in range(1, len(hl))])
     marg = dp / ds                                      # increasing along the hull
     slots = np.flatnonzero(ok)
+    floor = must[slots].astype(np.int64)                # increments a slot must keep (forced: its first)
     # every (slot, increment): cost per unit of work; within a slot increments come in hull order
     per_work = (f[slots][:, None] * marg[None, :]).ravel()
     inc = np.tile(np.arange(len(hl)), slots.size)
     slot_of = np.repeat(slots, len(hl))
-    order = np.lexsort((inc, slot_of, per_work))        # cheapest per work; ties: earlier slot
-    gained = np.cumsum(ds[inc[order]])
-    cut = int(np.searchsorted(gained, work - 1e-9))     # first index where the work is reached
     idx_of = np.repeat(np.arange(slots.size), len(hl))  # position in `slots` of each (slot, increment)
-    taken = np.bincount(idx_of[order[:cut]], minlength=slots.size).astype(np.int64)   # increments per slot
+    order = np.lexsort((inc, slot_of, per_work))        # cheapest per work; ties: earlier slot
+    order = order[inc[order] >= floor[idx_of[order]]]   # the forced increments are taken already
+    work_left = work - float(floor.sum()) * ds[0]
+    gained = np.cumsum(ds[inc[order]])
+    cut = int(np.searchsorted(gained, work_left - 1e-9)) if work_left > 1e-9 else 0   # where the work is reached
+    taken = floor + np.bincount(idx_of[order[:cut]], minlength=slots.size).astype(np.int64)   # increments per slot
     pos = {int(t): i for i, t in enumerate(slots)}
-    deficit = work - (float(gained[cut - 1]) if cut > 0 else 0.0)
+    deficit = work_left - (float(gained[cut - 1]) if cut > 0 else 0.0)
     # round the fractional increment up: the cheapest single next increment of any slot covering
     # the deficit (the greedy's own next one always qualifies when it covers it); earliest on ties
     nxt = np.minimum(taken, len(hl) - 1)
     fits = (taken < len(hl)) & (ds[nxt] >= deficit - 1e-9)
     best = int(np.argmin(np.where(fits, f[slots] * dp[nxt], np.inf))) if fits.any() else None
-    if best is None:
+    if best is None and deficit > 1e-9:
         # no single increment covers it: keep following the greedy order (rare with coarse hulls)
         for j in order[cut:]:
             i = pos[int(slot_of[j])]
@@ -287,25 +294,28 @@ def mixed(f: np.ndarray, allowed: np.ndarray | None, lo: int, work: float,
                 deficit -= float(ds[inc[j]])
                 if deficit <= 1e-9:
                     break
-    else:
+    elif deficit > 1e-9:
         taken[best] += 1
-    _trim(taken, f[slots], ds, dp, work)
+    _trim(taken, f[slots], ds, dp, work, floor)
     per_slot = {lo + int(t): hl[int(taken[i]) - 1] for i, t in enumerate(slots) if taken[i] > 0}
     runs, lvs = segments(per_slot)
     cost = float(sum(f[t - lo] * lv.power for t, lv in per_slot.items()))
     return CappedRuns(runs, lvs, cost)
 
 
-def _trim(taken: np.ndarray, f: np.ndarray, ds: np.ndarray, dp: np.ndarray, work: float) -> None:
+def _trim(taken: np.ndarray, f: np.ndarray, ds: np.ndarray, dp: np.ndarray, work: float,
+          floor: np.ndarray | None = None) -> None:
     """Rounding up overshoots the work; give back what is not needed: repeatedly drop the
     increment (the top one of some slot) that saves most while the work stays reached, and
     try moving the rounded-up increment to a cheaper slot whose next one covers the rest.
-    Only ever lowers the cost, so the bound of ``mixed`` still holds."""
+    Never below ``floor`` (a forced slot keeps its first increment). Only ever lowers the
+    cost, so the bound of ``mixed`` still holds."""
     cum_s = np.concatenate(([0.0], np.cumsum(ds)))
+    floor = np.zeros_like(taken) if floor is None else floor
     while True:
         done = float(cum_s[taken].sum())
         slack = done - work
-        tops = np.flatnonzero((taken > 0))
+        tops = np.flatnonzero((taken > floor))
         if tops.size == 0 or slack <= 1e-9:
             return
         k = taken[tops] - 1
@@ -371,9 +381,15 @@ def place_capped(f: np.ndarray, job, levels: Sequence[CapLevel], free: np.ndarra
     in slots at the fastest level. ``free``: GPUs free per slot (None: unlimited); slots
     above the job's maxIntensity are avoided. None when no capped plan fits (the caller keeps
     its plain plan). A running non-interruptible job (``pinned``) stays one run from
-    ``earliest``: the slowest level that still ends by the deadline, at least carbon.
+    ``earliest``: the slowest level that still ends by the deadline, at least carbon. A
+    running interruptible job's minRunDuration remainder (``pinned`` slots from ``earliest``)
+    runs at the level chosen jointly with the rest: for every level of the remainder and of
+    the rest, the shifting planner's placement of what is left (slower there: more left),
+    and the mixed plan with the remainder's slots forced on.
     ``zone``: the shifting planner's table of ``f`` (``shifting._Zone.of(f)``), to share
     between jobs."""
+    from dataclasses import replace
+
     from greenml.planning import shifting
 
     hl = hull(levels)
@@ -408,21 +424,50 @@ def place_capped(f: np.ndarray, job, levels: Sequence[CapLevel], free: np.ndarra
     # the min-run DP table is shared between levels and jobs (cached on the zone) unless the
     # free capacity makes the forbidden slots this job's own
     table = None if full is not None else (lambda m: z.min_run_table(lo, m, thr))
-    cands = [c for c in (_uniform(z, job, bad, lo, hi, rest, lv, table) for lv in reversed(hl)) if c is not None]
-    if job.interruptible and max(1, int(job.min_run)) == 1 and hi > lo:
-        m = mixed(z.f[lo:hi], None if bad is None else ~bad, lo, rest, hl)
+    if not pinned:
+        cands = [c for c in (_uniform(z, job, bad, lo, hi, rest, lv, table) for lv in reversed(hl)) if c is not None]
+        if job.interruptible and max(1, int(job.min_run)) == 1 and hi > lo:
+            m = mixed(z.f[lo:hi], None if bad is None else ~bad, lo, rest, hl)
+            if m is not None:
+                cands.append(m)
+        if not cands:
+            return None
+        return min(cands, key=lambda c: (c.cost, c.runs[0][0] if c.runs else 0))   # min keeps the first on ties
+    # a running interruptible job: its minRunDuration remainder [e, lo) runs whatever the cap,
+    # at the cap chosen with the rest — a slower remainder leaves more work for after it
+    placed: dict[int, tuple | None] = {}
+
+    def rest_runs(n: int):
+        if n not in placed:
+            placed[n] = (() if n <= 0 else
+                         (shifting.place(z, replace(job, remaining=n, pinned=0, earliest=lo), bad, lo, hi, n, table)
+                          if lo + n <= hi else None))
+        return placed[n]
+
+    cands = []
+    pre_cost = z.cost(((e, lo),))
+    for lp in reversed(hl):
+        left = max(0.0, k - pinned * lp.speed)
+        for lr in reversed(hl):
+            runs = rest_runs(slots_for(left, lr) if left > _EPS else 0)
+            if runs is None:
+                continue
+            per_slot = {t: lp for t in range(e, lo)}
+            per_slot.update({t: lr for s_, e_ in runs for t in range(s_, e_)})
+            rs, lvs = segments(per_slot)
+            cands.append(CappedRuns(rs, lvs, pre_cost * lp.power + (z.cost(runs) * lr.power if runs else 0.0)))
+    if job.interruptible and max(1, int(job.min_run)) == 1 and hi > e:
+        allowed = np.ones(hi - e, dtype=bool)
+        if bad is not None:
+            allowed[lo - e:] = ~bad
+        forced = np.zeros(hi - e, dtype=bool)
+        forced[:lo - e] = True
+        m = mixed(z.f[e:hi], allowed, e, k, hl, forced)
         if m is not None:
             cands.append(m)
     if not cands:
         return None
-    best = min(cands, key=lambda c: (c.cost, c.runs[0][0] if c.runs else 0))   # min keeps the first on ties
-    if pinned:
-        prefix = CappedRuns(((e, lo),), (top,), z.cost(((e, lo),)) * top.power)
-        runs, lvs = prefix.runs + best.runs, prefix.levels + best.levels
-        per_slot = {t: lv for (s_, e_), lv in zip(runs, lvs) for t in range(s_, e_)}
-        runs, lvs = segments(per_slot)
-        return CappedRuns(runs, lvs, prefix.cost + best.cost)
-    return best
+    return min(cands, key=lambda c: (c.cost, c.runs[0][0] if c.runs else 0))
 
 
 def plan_with_caps(jobs: Sequence, forecasts, *, step_hours: float, capacity_gpus: float | None = None,
