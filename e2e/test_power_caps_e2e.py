@@ -22,7 +22,8 @@ The node agent is the real ``greenml agent`` process, out of cluster, pointed at
 
 Checked: each pod's GPU gets the cap its annotation asks (only that GPU), the report
 annotation (Applied, watts, gpus) and the agent's metrics follow the carbon-aware cap as the
-operator changes it, the operator's annotation is never written by the agent (field
+operator changes it, the carbon-aware job's usage energy counted at each cap's draw, the
+operator's annotation is never written by the agent (field
 managers), and when the pods end the GPUs return to their default limit and the reports say
 Restored; the TrainingJobs succeed.
 """
@@ -48,6 +49,7 @@ import yaml
 from e2e.test_trainingjob_e2e import (JOBS, STEP, grid_start, in_phase, job_complete, operator_on, pods_of, status,
                                       tj, create)
 from greenml.planning.power import APPLIED_ANNOTATION, CAP_ANNOTATION
+from greenml.services.trainingjob import Defaults, resolve
 from tests.integration.harness import free_port, run_operator, wait_for
 
 NODE = "gpu-node-a"
@@ -334,6 +336,13 @@ def test_operator_to_agent_hand_off_on_kwok_gpu_nodes(kube, namespace, tmp_path,
                 done = all(report(p).get("state") == "Restored" for p in pods)
                 return pods if done and set(device_limits().values()) == {DEFAULT_MW} else None
 
+            # usage: the carbon-aware run counted at the draw of each cap it ran under, below its
+            # run time at the draw of maxWatts (some of it ran at a lower cap)
+            aware = status(kube, namespace, "aware")
+            req = resolve(kube.get("greenml.io/v1alpha1", "trainingjobs", namespace, "aware"), Defaults(zone="DE"))
+            counted = aware["usage"]["countedRunSeconds"]
+            assert counted == pytest.approx(aware["progress"]["runSeconds"], abs=0.01), aware
+            assert 0 < aware["usage"]["energyKwh"] < counted * req.watts / 3.6e6 - 1e-6, (aware["usage"], req.watts)
             pods = await until("every GPU back at its default limit, and Restored reports", restored, op, timeout=30)
             assert all(p["status"]["phase"] == "Succeeded" for p in pods)
             assert "greenml_agent_pod_power_cap_watts{" not in metrics_text(port)
