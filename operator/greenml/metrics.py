@@ -55,6 +55,14 @@ def _budget_specs() -> list[MetricSpec]:
             for unit in ("grams", "joules") for fig in BUDGET_FIGURES]
 
 
+TRAININGJOB_BOARD = "trainingjobs"     # the replan metrics' board label of the TrainingJob board
+
+
+def kueue_board(cluster_queue: str) -> str:
+    """The replan metrics' board label of a ClusterQueue's board (the Kueue check plans each)."""
+    return f"kueue/{cluster_queue}"
+
+
 SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("build_info", "gauge", "Always 1; the operator's version", ("version",)),
     # signals
@@ -83,10 +91,13 @@ SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("reconcile_errors_total", "counter",
                "Reconciles that failed and were rescheduled with backoff (the object keeps its wake-ups)",
                ("kind", "error")),
-    MetricSpec("planning_duration_seconds", "histogram", "Time of one replan of the whole plan board", (),
+    MetricSpec("planning_duration_seconds", "histogram",
+               "Time of one replan of a whole plan board (board: trainingjobs, or kueue/CLUSTERQUEUE)", ("board",),
                PLANNING_BUCKETS),
-    MetricSpec("replans_total", "counter", "Replans of the plan board"),
-    MetricSpec("planned_jobs", "gauge", "TrainingJobs on the plan board at the last replan"),
+    MetricSpec("replans_total", "counter",
+               "Replans of a plan board (board: trainingjobs, or kueue/CLUSTERQUEUE)", ("board",)),
+    MetricSpec("planned_jobs", "gauge",
+               "TrainingJobs (or a ClusterQueue's Workloads) on the plan board at its last replan", ("board",)),
     # per object
     MetricSpec("object_phase", "gauge", "1 for the object's current phase, 0 for the others it had",
                OBJECT + ("phase",)),
@@ -118,7 +129,7 @@ class Metrics:
         self._kinds: dict[str, tuple[str, str]] = {}
         self._variants: dict[tuple[str, str], str] = {}
         self._counterfactual: dict[tuple[str, str, str], str] = {}
-        self._replans_seen = 0
+        self._replans_seen: dict[str, int] = {}
         if version is None:
             from greenml import __version__ as version
         self._m["build_info"].labels(version=version).set(1)
@@ -179,16 +190,16 @@ class Metrics:
     def reconcile_error(self, kind: str, error: str) -> None:
         self._m["reconcile_errors_total"].labels(kind, error).inc()
 
-    def replan(self, replans: int, duration_s: float, jobs: int) -> bool:
-        """Record a board replan once (``replans`` is the board's running count). True if new."""
+    def replan(self, replans: int, duration_s: float, jobs: int, board: str = TRAININGJOB_BOARD) -> bool:
+        """Record a board's replan once (``replans`` is that board's running count). True if new."""
         with self._lock:
-            if replans <= self._replans_seen:
+            seen = self._replans_seen.get(board, 0)
+            if replans <= seen:
                 return False
-            new = replans - self._replans_seen
-            self._replans_seen = replans
-        self._m["replans_total"].inc(new)
-        self._m["planning_duration_seconds"].observe(duration_s)
-        self._m["planned_jobs"].set(jobs)
+            self._replans_seen[board] = replans
+        self._m["replans_total"].labels(board).inc(replans - seen)
+        self._m["planning_duration_seconds"].labels(board).observe(duration_s)
+        self._m["planned_jobs"].labels(board).set(jobs)
         return True
 
     # ------------------------------------------------------------ objects
@@ -273,10 +284,11 @@ def record_decision(metrics: Metrics, kind: str, namespace: str, name: str, stat
         metrics.phase(namespace, name, kind, str(phase))
 
 
-def record_board(metrics: Metrics, board) -> None:
-    """A new replan of the plan board: duration, jobs, and what each zone's forecast came from."""
+def record_board(metrics: Metrics, board, name: str = TRAININGJOB_BOARD) -> None:
+    """A new replan of a plan board (``name``: its board label): duration, jobs, and what each
+    zone's forecast came from."""
     stats = board.stats
-    if not metrics.replan(stats.replans, stats.last_duration_s, stats.last_jobs):
+    if not metrics.replan(stats.replans, stats.last_duration_s, stats.last_jobs, name):
         return
     for zone, sig in dict(board.signals).items():
         metrics.zone_intensity(zone, sig.source, sig.kind, sig.now, sig.min, sig.max)

@@ -140,6 +140,11 @@ def test_a_workloads_life_written_by_the_step_and_an_operator_restart_repeats_no
     assert get(m, "greenml_object_phase", **lab, phase="Waiting") == 1.0
     assert get(m, "greenml_carbon_expected_grams", **lab) == rec["plan"]["expectedGrams"]
     assert get(m, "greenml_decisions_total", kind="Workload", reason="Planned") == 1.0
+    # the ClusterQueue's board replanned to plan it: counted under its own board label
+    replans = ctx.extras["kueue_boards"]["gpu"].stats.replans
+    assert replans >= 1 and get(m, "greenml_replans_total", board="kueue/gpu") == replans
+    assert get(m, "greenml_planned_jobs", board="kueue/gpu") == 1
+    assert get(m, "greenml_replans_total", board="trainingjobs") is None     # the TrainingJob board did not
 
     # a greenml restart: a new context (empty board, fresh metrics) plans it again to the same
     # start; the check and the record are unchanged, so nothing is written and no Event repeats

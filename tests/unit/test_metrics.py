@@ -128,11 +128,32 @@ def test_board_replans_recorded_once():
                                                       datetime(2024, 1, 1, tzinfo=timezone.utc))})
     record_board(m, b)
     record_board(m, b)                       # same replan: not observed twice
-    assert get(m, "greenml_planning_duration_seconds_count") == 1
-    assert get(m, "greenml_replans_total") == 1
-    assert get(m, "greenml_planned_jobs") == 3
+    tj = {"board": "trainingjobs"}
+    assert get(m, "greenml_planning_duration_seconds_count", **tj) == 1
+    assert get(m, "greenml_replans_total", **tj) == 1
+    assert get(m, "greenml_planned_jobs", **tj) == 3
     assert get(m, "greenml_grid_intensity_forecast_max_grams_per_kwh", zone="GB", source="ukcarbon",
                kind="average") == 210
+
+
+def test_each_board_counts_its_own_replans():
+    """A Kueue ClusterQueue's board counts apart from the TrainingJob board (and from another
+    queue's): a board's running count is its own, not one shared high-water mark."""
+    from greenml.metrics import kueue_board
+
+    m = Metrics(version="t")
+    tj, gpu, cpu = _Board(_Stats(5, 0.02, 3)), _Board(_Stats(2, 0.5, 7)), _Board(_Stats(1, 0.1, 1))
+    record_board(m, tj)
+    record_board(m, gpu, kueue_board("gpu"))
+    record_board(m, cpu, kueue_board("cpu"))
+    assert get(m, "greenml_replans_total", board="trainingjobs") == tj.stats.replans
+    assert get(m, "greenml_replans_total", board="kueue/gpu") == gpu.stats.replans
+    assert get(m, "greenml_planned_jobs", board="kueue/gpu") == gpu.stats.last_jobs
+    assert get(m, "greenml_planning_duration_seconds_sum", board="kueue/cpu") == cpu.stats.last_duration_s
+    gpu.stats.replans += 1
+    record_board(m, gpu, kueue_board("gpu"))
+    assert get(m, "greenml_replans_total", board="kueue/gpu") == gpu.stats.replans
+    assert get(m, "greenml_replans_total", board="trainingjobs") == tj.stats.replans
 
 
 @dataclass

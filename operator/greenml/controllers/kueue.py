@@ -19,7 +19,7 @@ from greenml.controllers.context import Context
 from greenml.controllers.loop import own_namespace
 from greenml.controllers.operator import accounting_of, metrics_of
 from greenml.kube import ApiError, Conflict, Transient
-from greenml.metrics import record_workload
+from greenml.metrics import kueue_board, record_board, record_workload
 from greenml.services import kueue as kq
 from greenml.services.board import PlanBoard
 from greenml.services.trainingjob import InvalidSpec
@@ -109,6 +109,7 @@ def step(ctx: Context) -> datetime:
         keep = seen.get(cq_name, set())
         for key in [k for k in board.keys() if k not in keep]:
             board.forget(key)
+        record_board(metrics_of(ctx), board, kueue_board(cq_name))   # its replans, told apart by the board label
     known: set[tuple[str, str]] = ctx.extras.setdefault("kueue_workloads", set())
     everywhere = set().union(*seen.values()) if seen else set()
     for ns, name in known - everywhere:          # and out of the metrics
