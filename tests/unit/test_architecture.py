@@ -77,3 +77,21 @@ def test_the_checker_sees_real_imports():
     # guards the contracts above against passing vacuously
     assert offenders(modules("controllers"), ("kopf",))
     assert offenders(modules("kube"), ("kubernetes",))
+
+
+def test_kopf_has_only_event_handlers_so_no_diff_base_is_needed():
+    """controllers.operator.NoDiffBase stores and builds no diff-base: right only while no
+    handler needs one (create/update/delete/resume or a daemon/timer would see no change)."""
+    import kopf
+
+    import greenml.controllers  # noqa: F401  (registers every handler)
+    from greenml.controllers.operator import NoDiffBase, configure_kopf
+    from greenml.settings import Settings
+
+    registry = kopf.get_default_registry()
+    assert list(registry._watching.get_all_handlers())          # the event handlers are seen
+    assert list(registry._changing.get_all_handlers()) == []
+    assert list(registry._spawning.get_all_handlers()) == []
+    ks = kopf.OperatorSettings()
+    configure_kopf(ks, Settings())
+    assert isinstance(ks.persistence.diffbase_storage, NoDiffBase)

@@ -226,3 +226,18 @@ def test_a_running_job_the_capacity_shrank_under_keeps_its_running_prefix():
     j = JobSpec("j0", remaining=2, latest_end=4, gpus=2, power_kw=1.0, interruptible=True, pinned=1)
     p, = plan([j], np.array([0.0]), step_hours=1.0, capacity_gpus=1.0)
     assert p.runs and p.runs[0][0] == 0 and p.at_risk and not p.unplaceable      # it keeps running
+
+
+@SETTINGS
+@given(instances(arrivals=True), st.integers(0, 3))
+def test_a_capacity_that_cannot_bind_plans_as_none_and_meets_the_exact_optimum(inst, spare):
+    jobs, f, _ = inst
+    roomy = sum(j.gpus for j in jobs) + spare              # every job at once fits
+    assert not sh.capacity_binds(jobs, roomy) and sh.capacity_binds(jobs, roomy - spare - 1)
+    assert sh.capacity_binds(jobs, roomy, reserved_gpus=np.array([0.0, spare + 1.0]))
+    plans = plan(jobs, f, step_hours=1.0, capacity_gpus=roomy)
+    assert plans == plan(jobs, f, step_hours=1.0)
+    opt = cp.optimum(jobs, f, step_hours=1.0, capacity_gpus=roomy)
+    if opt.status == "optimal":                            # each job's own optimum is the joint one
+        assert cp.verify(jobs, plans, roomy).ok
+        assert sum(p.grams for p in plans) == pytest.approx(opt.grams, rel=1e-9, abs=1e-6)

@@ -43,12 +43,27 @@ def build_context(settings: Settings, kube: Kube | None = None) -> Context:
     return ctx
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No diff-base at all: with only event handlers (no create/update/resume handlers, no
+    daemons), kopf uses the essence for nothing, yet built it for every watch event — a deep
+    copy of the body, 9 % of the operator's Python time while 5,000 TrainingJobs start."""
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+        return {}
+
+    def fetch(self, *, body: Any) -> None:
+        return None
+
+    def store(self, *, body: Any, patch: Any, essence: Any) -> None:
+        return None
+
+
 def configure_kopf(ks: kopf.OperatorSettings, settings: Settings) -> None:
     # kopf only watches (event handlers): no finalizer, no diff-base or progress annotations.
     # Its peering stays off: every replica watches (a warm store), and the Lease decides
     # which one's planning loop acts (controllers/loop.py).
     ks.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
-    ks.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=PREFIX)
+    ks.persistence.diffbase_storage = NoDiffBase()
     ks.persistence.finalizer = f"{PREFIX}/kopf-finalizer"    # never set: no handler needs one
     ks.posting.level = logging.WARNING        # our own Events are explicit; kopf posts only problems
     ks.watching.server_timeout = 300

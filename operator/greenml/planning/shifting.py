@@ -763,6 +763,16 @@ def _zones(forecasts: Mapping[str, np.ndarray] | np.ndarray, horizon: int) -> di
     return zones
 
 
+def capacity_binds(jobs: Sequence[JobSpec], capacity_gpus: float,
+                   reserved_gpus: np.ndarray | float | None = None) -> bool:
+    """False when the capacity cannot bind: every job's GPUs together (plus the most
+    reserved at once) fit in every slot, so no placement can take room from another and
+    each job's own optimum is the joint one — planned as without a capacity (same plans,
+    none at risk or unplaceable; the capacity path costs a repair check over all jobs)."""
+    reserved = 0.0 if reserved_gpus is None else float(np.max(reserved_gpus, initial=0.0))
+    return sum(j.gpus for j in jobs) + reserved > capacity_gpus
+
+
 def plan(jobs: Sequence[JobSpec], forecasts: Mapping[str, np.ndarray] | np.ndarray, *,
          step_hours: float, capacity_gpus: float | None = None,
          reserved_gpus: np.ndarray | None = None,
@@ -781,6 +791,8 @@ def plan(jobs: Sequence[JobSpec], forecasts: Mapping[str, np.ndarray] | np.ndarr
     """
     if not jobs:
         return []
+    if capacity_gpus is not None and not capacity_binds(jobs, capacity_gpus, reserved_gpus):
+        capacity_gpus = None
     horizon = max(1, max(max(j.latest_end, max(0, j.earliest) + j.remaining) for j in jobs))
     if capacity_gpus is not None:
         # room for the late plans of jobs at risk (past every deadline all capacity is free)

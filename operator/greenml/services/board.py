@@ -105,6 +105,7 @@ class _Basis:
 
     entry: Entry
     clamped: bool             # the deadline lay beyond the horizon when it was planned
+    capped: bool = False      # planned under a binding capacity: not its own optimum
 
 
 class PlanBoard:
@@ -120,6 +121,7 @@ class PlanBoard:
         self.horizon = horizon
         self._capacity = capacity
         self._entries: dict[Key, Entry] = {}
+        self._gpus_asked = 0                          # Σ GPUs of the entries (capacity_binds)
         self._plans: dict[Key, PlannedJob] = {}
         # entries with no plan yet, in arrival order: what the next fill-in plans
         self._unplanned: dict[Key, None] = {}
@@ -150,12 +152,14 @@ class PlanBoard:
                 if old is not None and old.req.gpus != req.gpus and req.key in self._plans:
                     self._reserved = None
             self._entries[req.key] = entry
+            self._gpus_asked += req.gpus - (old.req.gpus if old is not None else 0)
             if req.key not in self._plans:
                 self._unplanned[req.key] = None
 
     def forget(self, key: Key) -> None:
         with self._lock:
-            if self._entries.pop(key, None) is not None:
+            if (gone := self._entries.pop(key, None)) is not None:
+                self._gpus_asked -= gone.req.gpus
                 if self._plans.pop(key, None) is not None:
                     self._reserved = None
                 self._unplanned.pop(key, None)
@@ -172,6 +176,13 @@ class PlanBoard:
     def capacity(self) -> float | None:
         c = self._capacity
         return c() if callable(c) else c
+
+    def binding_capacity(self) -> float | None:
+        """The capacity when it can bind, else None: while every job's GPUs together fit
+        (shifting.capacity_binds), jobs do not interact and the board plans as without one —
+        a replan keeps unchanged plans and a fill-in needs no reservation."""
+        c = self.capacity()
+        return c if c is not None and self._gpus_asked > c else None
 
     def _hold(self) -> int:
         """Slots until the next periodic replan: how long a running job's GPUs are kept taken."""
@@ -264,7 +275,7 @@ class PlanBoard:
             # that finds the same placement gives byte-identical windows, whenever it runs
             real_now, now = now, grid_origin(now, step)
             max_slots = max(1, int(self.horizon.total_seconds() // step_s))
-            capacity = self.capacity()
+            capacity = self.binding_capacity()
             hold = self._hold() if capacity is not None else 0
             jobs: list[shifting.JobSpec] = []
             keys: list[Key] = []
@@ -291,7 +302,7 @@ class PlanBoard:
                 if j.zone not in forecasts:
                     continue
                 if capacity is None and self._keepable(key, j, now, same[j.zone], max_slots):
-                    plans[key] = self._plans[key]
+                    plans[key] = kept(self._plans[key], now)
                 else:
                     todo.append((key, j))
             # the plans in force are the witness the capacity repair keeps first: promises stand
@@ -311,7 +322,8 @@ class PlanBoard:
                                         sig.link, sig.fallback, p.at_risk, p.unplaceable)
                 if key in caps_of:
                     plans[key] = replace(plans[key], caps=caps_of[key])
-                self._basis[key] = _Basis(entry, _deadline_slots(entry.req, now, self.defaults) > max_slots)
+                self._basis[key] = _Basis(entry, _deadline_slots(entry.req, now, self.defaults) > max_slots,
+                                          capacity is not None)
             for key, p in plans.items():
                 if not same_plan(self._plans.get(key), p):
                     self._changed.add(key)
@@ -342,7 +354,7 @@ class PlanBoard:
         step_s = step.total_seconds()
         max_slots = max(1, int(self.horizon.total_seconds() // step_s))
         offset = int((now - then).total_seconds() // step_s)   # the slot holding now (it may start now)
-        capacity = self.capacity()
+        capacity = self.binding_capacity()
         hold = self._hold() if capacity is not None else 0
         new: list[tuple[Key, shifting.JobSpec]] = []
         done: list[Key] = []
@@ -420,7 +432,7 @@ class PlanBoard:
     def _keepable(self, key: Key, spec: shifting.JobSpec, now: datetime, unchanged: int, max_slots: int) -> bool:
         plan, basis = self._plans.get(key), self._basis.get(key)
         entry = self._entries[key]
-        if plan is None or basis is None or basis.entry != entry or basis.clamped:
+        if plan is None or basis is None or basis.entry != entry or basis.clamped or basis.capped:
             return False
         if _deadline_slots(entry.req, now, self.defaults) > max_slots:
             return False
@@ -429,6 +441,14 @@ class PlanBoard:
         if entry.running:
             return not entry.req.interruptible
         return not plan.windows or plan.windows[0][0] >= now
+
+
+def kept(plan: PlannedJob, origin: datetime) -> PlannedJob:
+    """A plan kept by a replan at ``origin``, as planning it afresh would say it: a single
+    window that now starts at the origin is run-now (shifting.place), no longer planned."""
+    if plan.reason == shifting.PLANNED and len(plan.windows) == 1 and plan.windows[0][0] == origin:
+        return replace(plan, reason=shifting.RUN_NOW)
+    return plan
 
 
 def same_plan(a: PlannedJob | None, b: PlannedJob | None) -> bool:
