@@ -44,8 +44,8 @@ async def test_carbon_aware_caps_reach_the_template_status_and_the_running_pods(
     t0 = grid_start()
     # dirty now, clean from +10 s to +42 s, then very dirty: 24 s of work (at 250 W) fit the
     # clean stretch slowed down, which emits less than at full power (a window below 250 W).
-    # (A running job's minRunDuration is planned at maxWatts by planning.power, so the cap
-    # may go up and down again around the run's first slots: the test asks no exact sequence.)
+    # (A running job's minRunDuration remainder is planned at a cap chosen with the rest of its
+    # work, so the cap may change around the run's first slots: the test asks no exact sequence.)
     values = [400.0] * 5 + [100.0] * 16 + [900.0] * 200
     intensity = write_intensity(tmp_path / "ci.csv", t0, STEP, values)
     env = operator_env(tmp_path, kubeconfig, intensity)

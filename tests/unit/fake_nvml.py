@@ -26,6 +26,9 @@ class FakeGpu:
     set_error: int | None = None          # NVML code the set call answers (e.g. NO_PERMISSION)
     read_error: int | None = None         # NVML code the power reads answer (e.g. NOT_SUPPORTED)
     sets: list[int] = field(default_factory=list)
+    busy: bool = False                    # under load: draws min(demand, limit), else idle
+    demand_mw: int = 350_000
+    idle_mw: int = 60_000
 
     def __post_init__(self) -> None:
         if self.limit_mw is None:
@@ -110,3 +113,8 @@ class FakeNvml:
             raise NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         g.sets.append(limit_mw)
         g.limit_mw = limit_mw
+
+    def nvmlDeviceGetPowerUsage(self, h) -> int:
+        g = self._gpu(h)
+        self._read(g)
+        return min(g.demand_mw, g.limit_mw) if g.busy else g.idle_mw

@@ -7,7 +7,7 @@ Units: NVML speaks milliwatts; this interface speaks watts.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 # NVML return codes (nvml.h), as pynvml exposes them
 NVML_ERROR_NO_PERMISSION = 4
@@ -101,20 +101,33 @@ class Nvml:
                 mig=bool(mig and mig[0])))
         return out
 
-    def set_limit(self, uuid: str, watts: float) -> None:
+    def _handle(self, uuid: str) -> Any:
         handle = self._handles.get(uuid)
         if handle is None:
             handle = self._call("nvmlDeviceGetHandleByUUID", self.m.nvmlDeviceGetHandleByUUID, uuid)
             self._handles[uuid] = handle
+        return handle
+
+    def power_w(self, uuid: str) -> float:
+        """The board's power draw now (W)."""
+        return self._call("nvmlDeviceGetPowerUsage", self.m.nvmlDeviceGetPowerUsage, self._handle(uuid)) / 1000.0
+
+    def set_limit(self, uuid: str, watts: float) -> None:
         self._call("nvmlDeviceSetPowerManagementLimit", self.m.nvmlDeviceSetPowerManagementLimit,
-                   handle, int(round(watts * 1000)))
+                   self._handle(uuid), int(round(watts * 1000)))
 
 
-def self_check(nvml: Nvml, index: int = 0, watts: float | None = None) -> dict[str, Any]:
-    """The real-device check (``greenml agent --self-check``): read one GPU's constraints,
-    set a cap (``watts``, default halfway between the minimum and the default limit), read it
-    back, restore the default and read that back. Returns what happened; ``ok`` only when the
-    cap and the restore both read back as set."""
+def self_check(nvml: Nvml, index: int = 0, watts: float | None = None, *,
+               load: Callable[[int, float], str] | None = None, load_seconds: float = 0.0,
+               sample_s: float = 0.5) -> dict[str, Any]:
+    """The real-device check (``greenml agent --self-check``, ``e2e/gpu/check_power_cap.py``):
+    read one GPU's constraints, set a cap (``watts``, default halfway between the minimum and
+    the default limit), read it back; with ``load`` (``load(index, seconds)`` keeps the GPU
+    busy and returns what it ran) sample the board power every ``sample_s`` while it runs;
+    then restore the default — always, even when the load fails — and read that back.
+    Returns what happened; ``ok`` only when the cap and the restore both read back as set and,
+    with a load, the mean draw under load stayed within the cap (NVML enforces the limit as an
+    average: single samples may overshoot briefly, so their maximum is reported, not judged)."""
     out: dict[str, Any] = {"gpu": index, "ok": False, "steps": []}
     nvml.init()
     try:
@@ -130,15 +143,61 @@ def self_check(nvml: Nvml, index: int = 0, watts: float | None = None) -> dict[s
             return out
         target = watts if watts is not None else round((d.min_w + d.default_w) / 2)
         target = min(max(target, d.min_w), d.max_w if d.max_w is not None else target)
-        for step, value in (("set", target), ("restore", d.default_w)):
+
+        def step(name: str, value: float) -> bool:
             try:
                 nvml.set_limit(d.uuid, value)
                 got = nvml.devices()[index].limit_w
-                out["steps"].append({"step": step, "watts": value, "read_back_w": got,
-                                     "ok": got is not None and abs(got - value) < 0.5})
+                ok = got is not None and abs(got - value) < 0.5
+                out["steps"].append({"step": name, "watts": value, "read_back_w": got, "ok": ok})
+                return ok
             except DeviceError as exc:
-                out["steps"].append({"step": step, "watts": value, "error": exc.reason, "message": str(exc)})
-        out["ok"] = all(s.get("ok") for s in out["steps"])
+                out["steps"].append({"step": name, "watts": value, "error": exc.reason, "message": str(exc)})
+                return False
+
+        try:
+            if step("set", target) and load is not None and load_seconds > 0:
+                out["load"] = _under_load(nvml, d.uuid, index, target, load, load_seconds, sample_s)
+        finally:
+            step("restore", d.default_w)
+        out["ok"] = all(s.get("ok") for s in out["steps"]) and out.get("load", {}).get("within_cap", True)
         return out
     finally:
         nvml.shutdown()
+
+
+def _under_load(nvml: Nvml, uuid: str, index: int, cap_w: float, load: Callable[[int, float], str],
+                seconds: float, sample_s: float) -> dict[str, Any]:
+    """Run ``load`` in a thread and sample the draw until it ends (see self_check)."""
+    import threading
+    import time
+
+    got: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            got["tool"] = load(index, seconds)
+        except Exception as exc:  # noqa: BLE001 — reported, never raised: the restore must follow
+            got["error"] = f"{type(exc).__name__}: {exc}"
+
+    samples: list[float] = []
+    t = threading.Thread(target=work, name="gpu-load", daemon=True)
+    t0 = time.monotonic()
+    t.start()
+    while t.is_alive() and time.monotonic() - t0 < seconds + 60:
+        try:
+            samples.append(nvml.power_w(uuid))
+        except DeviceError as exc:
+            got.setdefault("sample_error", exc.reason)
+        t.join(sample_s)
+    out: dict[str, Any] = {"seconds": round(time.monotonic() - t0, 1), "cap_w": cap_w, **got,
+                           "samples": len(samples)}
+    if "error" in got or not samples:
+        out["within_cap"] = False
+        out.setdefault("error", "no power sample under load")
+        return out
+    busy = samples[len(samples) // 5:] or samples       # the first fifth ramps up
+    mean = sum(busy) / len(busy)
+    out.update(mean_w=round(mean, 1), max_w=round(max(samples), 1), min_w=round(min(samples), 1),
+               within_cap=mean <= cap_w * 1.02)
+    return out
