@@ -10,20 +10,27 @@
    intensity, 1-8 GPUs, 1-12 h, slack 2-24 h, half interruptible, a 24- or 16-GPU
    cluster), the planner against the exact optimum (planning.capacity.optimum, HiGHS):
    emissions ratio, jobs flagged at risk although a schedule exists, and how often the
-   greedy alone (before the repair) left a job without room.
+   greedy alone (before the repair) left a job without room; instances where no schedule
+   keeps every deadline are counted apart, with the fewest deadlines missed at best
+   (planning.capacity.fewest_misses), and left out of the ratios (no optimum to compare).
 3. The issue's workload in the simulator: 200 jobs over 28 days, 24 GPUs, 1 h steps,
    perfect forecast, DE / GB / US-CAL-CISO / US-MIDA-PJM from March, April and May 2023:
    deadlines met by greenml and by the oracle (the MILP optimum), savings of each, and
-   whether each late greenml job was flagged DeadlineAtRisk when it arrived.
+   whether each late greenml job was flagged DeadlineAtRisk when it arrived; whether the
+   job set is feasible, the oracle's basis (the MILP optimum, or the planner's greedy +
+   repair where the MILP has no schedule) and greenml's savings as a fraction of the
+   oracle's only where the oracle is an optimum.
 
 Never asserts a time. Writes bench/results/capacity.json and capacity.md.
-Run: python bench/bench_capacity.py [--quick]
+Run: python bench/bench_capacity.py [--quick] [--parts speed quality issue]
+(parts not run are carried over from the existing capacity.json, and the file says which).
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import gc
+import json
 import statistics
 import sys
 import time
@@ -98,6 +105,7 @@ def quality(n: int, caps: Sequence[int], seed: int = 0, time_limit_s: float = 30
         rng = np.random.default_rng(seed + cap)
         got = dict(instances=0, feasible=0, infeasible=0, undecided=0, flagged_when_feasible=0,
                    greedy_left_a_job_out=0, repaired=0)
+        fewest: list[int | None] = []      # per infeasible instance: deadlines missed at best (None: undecided)
         ratios, g_sum, o_sum, plan_s, milp_s = [], 0.0, 0.0, [], []
         for _ in range(n):
             jobs, f = small_instance(rng, series)
@@ -112,6 +120,8 @@ def quality(n: int, caps: Sequence[int], seed: int = 0, time_limit_s: float = 30
             milp_s.append(opt.seconds)
             if opt.status != "optimal":
                 got["infeasible" if opt.status == "infeasible" else "undecided"] += 1
+                if opt.status == "infeasible":
+                    fewest.append(cp.fewest_misses(jobs, capacity_gpus=cap, time_limit_s=time_limit_s).fewest)
                 continue
             got["feasible"] += 1
             got["greedy_left_a_job_out"] += bool(failed)
@@ -123,7 +133,7 @@ def quality(n: int, caps: Sequence[int], seed: int = 0, time_limit_s: float = 30
             ratios.append(g / opt.grams)
             g_sum, o_sum = g_sum + g, o_sum + opt.grams
         r = np.array(ratios) if ratios else np.array([np.nan])
-        row = {"capacity_gpus": cap, **got, "emissions_ratio_total": g_sum / o_sum if o_sum else float("nan"),
+        row = {"capacity_gpus": cap, **got, "fewest_misses_when_infeasible": fewest, "emissions_ratio_total": g_sum / o_sum if o_sum else float("nan"),
                "ratio_mean": float(r.mean()), "ratio_p95": float(np.percentile(r, 95)), "ratio_max": float(r.max()),
                "plan_s_mean": statistics.fmean(plan_s), "plan_s_max": max(plan_s),
                "milp_s_mean": statistics.fmean(milp_s)}
@@ -152,7 +162,7 @@ def issue_jobs(seed: int, start: datetime) -> list:
 def issue_workload(months: Sequence[int], zones: Sequence[str]) -> list[dict]:
     from greenml.signals.file import load_intensity_csv
     from greenml.sim import forecasts
-    from greenml.sim.shifting import SimPolicy, simulate
+    from greenml.sim.shifting import ORACLE_OPTIMAL, SimPolicy, simulate
     import greenml.services.board as board
 
     rows = []
@@ -185,15 +195,22 @@ def issue_workload(months: Sequence[int], zones: Sequence[str]) -> list[dict]:
                          SimPolicy(name="oracle", step=timedelta(hours=1), capacity_gpus=24))
             late = [j.name for j in g.jobs if not j.deadline_met]
             gs, os_ = g.summary(), o.summary()
+            optimal = os_["oracle_basis"] in ORACLE_OPTIMAL
             row = {"zone": zone, "month": f"2023-{month:02d}", "greenml_deadlines_met": gs["deadlines_met"],
                    "greenml_late": late, "late_flagged_at_arrival": sorted(set(late) & flagged_at_arrival),
                    "greenml_savings_percent": gs["savings_percent"], "greenml_feasibility": gs["feasibility"],
                    "oracle_deadlines_met": os_["deadlines_met"], "oracle_savings_percent": os_["savings_percent"],
-                   "oracle_notes": o.notes, "greenml_wall_s": round(g.wall_seconds, 2)}
+                   "oracle_notes": o.notes, "greenml_wall_s": round(g.wall_seconds, 2),
+                   "feasibility": os_["feasibility"], "fewest_misses": os_["fewest_misses"],
+                   "oracle_basis": os_["oracle_basis"], "oracle_fallback_reason": os_["oracle_fallback_reason"],
+                   # only against an optimum: against the greedy fallback a fraction says nothing
+                   "greenml_fraction_of_oracle": round(gs["savings_percent"] / os_["savings_percent"], 3)
+                   if optimal and os_["savings_percent"] > 0 else None}
             rows.append(row)
             print(f"issue workload {zone} 2023-{month:02d}: greenml met {gs['deadlines_met']}/200 "
                   f"(late {late}, flagged at arrival {row['late_flagged_at_arrival']}), saved {gs['savings_percent']:.2f} %; "
-                  f"oracle met {os_['deadlines_met']}/200, saved {os_['savings_percent']:.2f} %")
+                  f"oracle ({os_['oracle_basis']}) met {os_['deadlines_met']}/200, saved {os_['savings_percent']:.2f} %; "
+                  f"feasible: {os_['feasibility']}, fewest misses {os_['fewest_misses']}")
     return rows
 
 
@@ -207,31 +224,78 @@ def markdown(payload: dict) -> str:
     md += [f"| {r['capacity']} | {r['capacity_gpus']:,.0f} | {r['median_s']:.2f} | {r['min_s']:.2f} | {r['at_risk']} "
            f"| {r['over_capacity_slots']} | {r['proven_infeasible']} |" for r in payload["speed"]]
     md += ["", "## Emissions vs the exact optimum (MILP, HiGHS) on small instances", "",
-           "| GPUs | instances | feasible | greedy alone left a job out | flagged although feasible | "
+           "| GPUs | instances | feasible | infeasible (deadlines missed at best, each) | undecided (MILP time limit) "
+           "| greedy alone left a job out | flagged although feasible | "
            "emissions / optimum (total) | per-instance mean | p95 | max | plan ms (mean) | MILP s (mean) |",
-           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    md += [f"| {r['capacity_gpus']} | {r['instances']} | {r['feasible']} | {r['greedy_left_a_job_out']} "
+           "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    md += [f"| {r['capacity_gpus']} | {r['instances']} | {r['feasible']} | {_infeasible_cell(r)} | {r['undecided']} "
+           f"| {r['greedy_left_a_job_out']} "
            f"| {r['flagged_when_feasible']} | {r['emissions_ratio_total']:.4f} | {r['ratio_mean']:.4f} "
            f"| {r['ratio_p95']:.4f} | {r['ratio_max']:.4f} | {1e3 * r['plan_s_mean']:.0f} | {r['milp_s_mean']:.1f} |"
            for r in payload["quality"]]
+    md += ["", "Emissions ratios over the feasible instances only: where no schedule keeps every deadline "
+           "there is no optimum to compare with."]
     if payload.get("issue"):
         md += ["", "## The issue's workload (200 jobs, 28 days, 24 GPUs, 1 h steps, perfect forecast)", "",
-               "| zone | month | greenml met | late | late flagged at arrival | greenml saved % | oracle met | oracle saved % |",
-               "|---|---|---:|---|---|---:|---:|---:|"]
-        md += [f"| {r['zone']} | {r['month']} | {r['greenml_deadlines_met']}/200 | {', '.join(r['greenml_late']) or '—'} "
+               "| zone | month | feasible | greenml met | late | late flagged at arrival | greenml saved % | oracle "
+               "| oracle met | oracle saved % | greenml / oracle savings |",
+               "|---|---|---|---:|---|---|---:|---|---:|---:|---:|"]
+        md += [f"| {r['zone']} | {r['month']} | {_feasible_cell(r)} | {r['greenml_deadlines_met']}/200 "
+               f"| {', '.join(r['greenml_late']) or '—'} "
                f"| {', '.join(r['late_flagged_at_arrival']) or '—'} | {r['greenml_savings_percent']:.2f} "
-               f"| {r['oracle_deadlines_met']}/200 | {r['oracle_savings_percent']:.2f} |" for r in payload["issue"]]
+               f"| {_basis_cell(r)} | {r['oracle_deadlines_met']}/200 | {r['oracle_savings_percent']:.2f} "
+               f"| {_fraction_cell(r)} |" for r in payload["issue"]]
+        md += ["", "feasible: does a schedule keep all 200 deadlines under the 24 GPUs (exact MILP on the slot "
+               "grid); no: how many deadlines no schedule can keep. The oracle is the MILP optimum where one "
+               "exists; elsewhere the planner's greedy + repair, which is no optimum, so no fraction is given."]
+    if payload.get("carried_over"):
+        md += ["", f"Carried over from the previous run (not rerun): {', '.join(payload['carried_over'])}."]
     return "\n".join(md) + "\n"
 
 
-def run(quick: bool = False) -> dict:
-    """Measure and write capacity.json/.md under _common.RESULTS (GREENML_BENCH_OUT or --out)."""
+def _infeasible_cell(r: dict) -> str:
+    each = r.get("fewest_misses_when_infeasible")
+    if each is None:          # a result written before the count existed
+        return str(r["infeasible"])
+    return f"{r['infeasible']} ({', '.join('?' if f is None else str(f) for f in each) or '—'})"
+
+
+def _feasible_cell(r: dict) -> str:
+    f = r.get("feasibility", "—")
+    if f != "infeasible":
+        return {"feasible": "yes"}.get(f, f)
+    return f"no ({'?' if r['fewest_misses'] is None else r['fewest_misses']} cannot be met)"
+
+
+def _basis_cell(r: dict) -> str:
+    b = r.get("oracle_basis") or "—"
+    return f"{b} ({r['oracle_fallback_reason']})" if r.get("oracle_fallback_reason") else b
+
+
+def _fraction_cell(r: dict) -> str:
+    f = r.get("greenml_fraction_of_oracle")
+    if f is not None:
+        return f"{f:.3f}"
+    return "— (oracle not an optimum)" if r.get("oracle_basis") == "greedy-fallback" else "—"
+
+
+PARTS = ("speed", "quality", "issue")
+
+
+def run(quick: bool = False, parts: Sequence[str] = PARTS) -> dict:
+    """Measure and write capacity.json/.md under _common.RESULTS (GREENML_BENCH_OUT or --out);
+    parts not in ``parts`` are carried over from the capacity.json already there."""
     if quick:
-        payload = {"speed": speed(300, 1, (4, 40), 1), "quality": quality(4, (24,), time_limit_s=10.0),
-                   "issue": issue_workload((3,), ("DE",))}
+        todo = {"speed": lambda: speed(300, 1, (4, 40), 1), "quality": lambda: quality(4, (24,), time_limit_s=10.0),
+                "issue": lambda: issue_workload((3,), ("DE",))}
     else:
-        payload = {"speed": speed(10_000, 7, (4, 12, 40), 3), "quality": quality(40, (24, 16)),
-                   "issue": issue_workload((3, 4, 5), tuple(ZONES))}
+        todo = {"speed": lambda: speed(10_000, 7, (4, 12, 40), 3), "quality": lambda: quality(40, (24, 16)),
+                "issue": lambda: issue_workload((3, 4, 5), tuple(ZONES))}
+    old = _common.RESULTS / "capacity.json"
+    previous = json.loads(old.read_text()) if old.is_file() and set(parts) != set(PARTS) else {}
+    payload = {name: todo[name]() if name in parts else previous.get(name, []) for name in PARTS}
+    payload["carried_over"] = [f"{name} ({previous.get('machine', {}).get('platform', 'unknown machine')})"
+                               for name in PARTS if name not in parts and previous.get(name)]
     _common.write_result("capacity", payload, markdown({**payload, "machine": _common.machine()}))
     return payload
 
@@ -240,10 +304,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     ap.add_argument("--out", type=Path, default=None, help="output dir (default bench/results)")
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                    help="which parts to run (the others are carried over from the existing capacity.json)")
     a = ap.parse_args(argv)
     if a.out is not None:
         _common.RESULTS = a.out
-    run(a.quick)
+    run(a.quick, a.parts)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,12 @@ def series(values, step=timedelta(hours=1)) -> IntensitySeries:
     return IntensitySeries(T0, step, np.asarray(values, dtype=float), source="test", kind="actual")
 
 
+# two 2-GPU, 2-hour jobs due 2 h after submit: on 2 GPUs one deadline cannot be met
+TWO_DUE_AT_ONCE = ("name,submit_utc,duration_minutes,deadline_utc,gpus,watts_per_gpu,interruptible\n"
+                   "x,2024-01-02T00:00:00Z,120,2024-01-02T02:00:00Z,2,400,false\n"
+                   "y,2024-01-02T00:00:00Z,120,2024-01-02T02:00:00Z,2,400,false\n")
+
+
 def run_cli(tmp_path, jobs_csv: str, *extra: str) -> tuple[int, dict]:
     ci = write_intensity(tmp_path / "ci.csv")
     (tmp_path / "jobs.csv").write_text(jobs_csv)
@@ -74,10 +80,7 @@ def test_a_deadline_missed_that_could_have_been_met_exits_3(tmp_path, capsys):
 
 
 def test_an_unavoidable_miss_exits_0(tmp_path):
-    jobs = ("name,submit_utc,duration_minutes,deadline_utc,gpus,watts_per_gpu,interruptible\n"
-            "x,2024-01-02T00:00:00Z,120,2024-01-02T02:00:00Z,2,400,false\n"
-            "y,2024-01-02T00:00:00Z,120,2024-01-02T02:00:00Z,2,400,false\n")
-    rc, result = run_cli(tmp_path, jobs, "--capacity-gpus", "2")
+    rc, result = run_cli(tmp_path, TWO_DUE_AT_ONCE, "--capacity-gpus", "2")
     assert result["summary"]["deadlines_met"] == 1 and result["summary"]["feasibility"] == "infeasible"
     assert rc == 0
 

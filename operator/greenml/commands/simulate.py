@@ -159,6 +159,10 @@ def run_shifting(args: argparse.Namespace) -> int:
           f"wrote {args.output}")
     for note in s["notes"]:
         print(f"note: {note}")
+    if s["oracle_basis"] is not None:
+        print(f"oracle basis: {s['oracle_basis']}" + (
+            f" ({s['oracle_fallback_reason']}): not an optimum, other policies may save more"
+            if s["oracle_basis"] == "greedy-fallback" else ""))
     if s["avoidable_misses"]:
         print(f"greenml simulate: deadline missed that could have been met ({s['feasibility']} offline): "
               f"{', '.join(s['avoidable_misses'])}", file=sys.stderr)

@@ -15,6 +15,8 @@ answers the questions around it:
   (HiGHS through ``scipy.optimize.milp``; scipy is the optional extra ``exact``), for
   instances small enough; with a time limit it returns the best schedule found and a
   lower bound on the optimum.
+- ``fewest_misses``: when no schedule keeps every deadline, how many deadlines must be
+  missed at best (the same MILP, each job optional; exact, or bounds at the time limit).
 
 With GPUs of several sizes per job the feasibility question is NP-hard (one-slot jobs
 with wide windows are bin packing), so no fast check is exact in general: ``plan()`` is
@@ -158,54 +160,176 @@ def optimum(jobs: Sequence[JobSpec], forecasts: Mapping[str, np.ndarray] | np.nd
     import time
 
     t0 = time.perf_counter()
-    try:
-        from scipy.optimize import Bounds, LinearConstraint, milp
-        from scipy.sparse import coo_array
-    except ImportError:
-        return Optimum("unavailable", {}, float("nan"), float("nan"), 0, 0.0,
-                       "scipy is not installed (pip install 'greenml-operator[exact]')")
+    if (missing := _no_scipy()) is not None:
+        return Optimum("unavailable", {}, float("nan"), float("nan"), 0, 0.0, missing)
     horizon = horizon_of(jobs)
-    if not isinstance(forecasts, Mapping):
-        forecasts = {DEFAULT_ZONE: forecasts}
-    cost = {z: _extend(np.asarray(f, dtype=np.float64), horizon) for z, f in forecasts.items()}
-    free = free_gpus(capacity_gpus, horizon, reserved_gpus)
-
-    def zone_cost(j: JobSpec) -> np.ndarray:
-        return cost.get(j.zone, next(iter(cost.values())) if len(cost) == 1 else None)
-
     n = _count_variables(jobs, capacity_gpus, horizon)
     if n > max_variables:
         return Optimum("too_large", {}, float("nan"), float("nan"), n, time.perf_counter() - t0,
                        f"{n} variables > {max_variables}")
-    c: list[float] = []
-    rows: list[int] = []          # capacity rows: slot t -> row t
-    cols: list[int] = []
-    vals: list[float] = []
-    eq_rows: list[tuple[list[int], list[float], float]] = []   # sum = rhs
-    ge_rows: list[tuple[list[int], list[float]]] = []          # sum >= 0
-    decode: list[tuple[str, int, str, int, int]] = []          # (job, var, kind, slot/start, length)
-    fixed: dict[str, list[tuple[int, int]]] = {}
-    grams_fixed = 0.0
-    for j in jobs:
-        k = max(0, int(j.remaining))
-        if k == 0 or (j.gpus > capacity_gpus and not j.pinned):
-            continue
-        f = zone_cost(j)
-        kw = j.power_kw * step_hours
+    m = _Model.build(jobs, forecasts, horizon, step_hours=step_hours, capacity_gpus=capacity_gpus,
+                     reserved_gpus=reserved_gpus, optional=False)
+    if m.impossible:
+        return Optimum("infeasible", {}, float("nan"), float("nan"), len(m.c), time.perf_counter() - t0,
+                       f"job {m.impossible[0]!r} cannot meet its deadline even alone")
+    n = len(m.c)
+    if m.overfull:
+        return Optimum("infeasible", {}, float("nan"), float("nan"), n, time.perf_counter() - t0,
+                       "running work alone exceeds the capacity")
+    if n == 0:
+        return Optimum("optimal", {k: tuple(v) for k, v in m.fixed.items()}, m.grams_fixed, m.grams_fixed, 0,
+                       time.perf_counter() - t0)
+    res = m.solve(time_limit_s)
+    secs = time.perf_counter() - t0
+    if res.status == 2:
+        return Optimum("infeasible", {}, float("nan"), float("nan"), n, secs, "no schedule meets every deadline")
+    dual = getattr(res, "mip_dual_bound", None)
+    if res.x is None:
+        return Optimum("time_limit", {}, float("nan"), (float(dual) if dual is not None else float("nan")) + m.grams_fixed,
+                       n, secs, str(res.message))
+    runs = m.runs(res.x)
+    grams = float(res.fun) + m.grams_fixed
+    bound = float(dual) + m.grams_fixed if dual is not None and np.isfinite(dual) else grams
+    status = "optimal" if res.status == 0 else "time_limit"
+    return Optimum(status, runs, grams, min(bound, grams), n, secs, str(res.message))
+
+
+@dataclass(frozen=True)
+class Misses:
+    """``fewest_misses``'s answer: at best, how many placeable jobs miss their deadline.
+
+    ``status``: optimal (``fewest`` is exact: ``low == fewest == high``) | time_limit
+    (``low`` <= the answer <= ``high``: the solver's bound and its best schedule) |
+    too_large | unavailable (``low`` from the demand bound only, ``high`` None) | infeasible
+    (running work alone exceeds the capacity).
+    ``met``: the jobs that keep their deadline in the best schedule found (by name)."""
+
+    status: str
+    low: int
+    high: int | None
+    met: tuple[str, ...]
+    variables: int
+    seconds: float
+    message: str = ""
+
+    @property
+    def fewest(self) -> int | None:
+        """The exact least number of misses, or None when not decided."""
+        return self.low if self.high is not None and self.low == self.high else None
+
+
+def fewest_misses(jobs: Sequence[JobSpec], *, capacity_gpus: float, reserved_gpus: np.ndarray | None = None,
+                  time_limit_s: float = 60.0, max_variables: int = 200_000) -> Misses:
+    """The least number of placeable jobs that must miss their deadline within the capacity.
+
+    The same model as ``optimum`` with each job optional (a binary: all of its work inside
+    its window, or none of it) and the number left out minimised: a job left out can run
+    after every deadline, where it takes no one's GPUs, so this is the fewest misses of
+    any schedule (exact MILP). 0 when ``optimum`` is feasible. Jobs that cannot meet their
+    deadline even alone count as misses; unplaceable jobs are left out (reported on their
+    own). Without an exact answer ``low`` is at least 1 when the demand bound is violated."""
+    import time
+
+    t0 = time.perf_counter()
+    proven = 1 if demand_bound(jobs, capacity_gpus, reserved_gpus) is not None else 0
+    if (missing := _no_scipy()) is not None:
+        return Misses("unavailable", proven, None, (), 0, 0.0, missing)
+    horizon = horizon_of(jobs)
+    n = _count_variables(jobs, capacity_gpus, horizon) + len(jobs)
+    if n > max_variables:
+        return Misses("too_large", proven, None, (), n, time.perf_counter() - t0, f"{n} variables > {max_variables}")
+    m = _Model.build(jobs, np.zeros(horizon), horizon, step_hours=1.0, capacity_gpus=capacity_gpus,
+                     reserved_gpus=reserved_gpus, optional=True)
+    forced = len(m.impossible)
+    if m.overfull:
+        return Misses("infeasible", proven, None, (), len(m.c), time.perf_counter() - t0,
+                      "running work alone exceeds the capacity")
+    if not m.optional:
+        return Misses("optimal", forced, forced, tuple(m.fixed), len(m.c), time.perf_counter() - t0)
+    res = m.solve(time_limit_s)
+    secs = time.perf_counter() - t0
+    dual = getattr(res, "mip_dual_bound", None)
+    # the objective is -(jobs kept); integral, so the bound rounds up to whole misses
+    low = len(m.optional) + forced + int(np.ceil(float(dual) - 1e-6)) if dual is not None and np.isfinite(dual) else 0
+    low = max(low, proven, forced)
+    if res.x is None:
+        return Misses("time_limit", low, None, (), len(m.c), secs, str(res.message))
+    kept = [name for name, z in m.optional.items() if res.x[z] > 0.5]
+    high = len(m.optional) + forced - len(kept)
+    status = "optimal" if res.status == 0 else "time_limit"
+    if status == "optimal":
+        low = high
+    met = tuple(sorted(set(kept) | set(m.fixed)))
+    return Misses(status, min(low, high), high, met, len(m.c), secs, str(res.message))
+
+
+def _no_scipy() -> str | None:
+    try:
+        import scipy.optimize  # noqa: F401
+    except ImportError:
+        return "scipy is not installed (pip install 'greenml-operator[exact]')"
+    return None
+
+
+@dataclass
+class _Model:
+    """The MILP shared by ``optimum`` (least grams, every job kept) and ``fewest_misses``
+    (each job optional: ``optional`` maps a job to its binary; least jobs left out)."""
+
+    horizon: int
+    free: np.ndarray
+    c: list[float]
+    cap: tuple[list[int], list[int], list[float]]                  # capacity rows: slot t -> row t
+    eq_rows: list[tuple[list[int], list[float], float]]            # sum = rhs
+    ge_rows: list[tuple[list[int], list[float]]]                   # sum >= 0
+    decode: list[tuple[str, int, str, int, int]]                   # (job, var, kind, slot/start, length)
+    fixed: dict[str, list[tuple[int, int]]]
+    grams_fixed: float
+    optional: dict[str, int]
+    impossible: list[str]                                          # cannot meet the deadline even alone
+
+    @property
+    def overfull(self) -> bool:
+        return bool((self.free < -_EPS).any())
+
+    @classmethod
+    def build(cls, jobs: Sequence[JobSpec], forecasts: Mapping[str, np.ndarray] | np.ndarray, horizon: int, *,
+              step_hours: float, capacity_gpus: float, reserved_gpus: np.ndarray | None, optional: bool) -> "_Model":
+        if not isinstance(forecasts, Mapping):
+            forecasts = {DEFAULT_ZONE: forecasts}
+        cost = {z: _extend(np.asarray(f, dtype=np.float64), horizon) for z, f in forecasts.items()}
+        m = cls(horizon, free_gpus(capacity_gpus, horizon, reserved_gpus), [], ([], [], []), [], [], [], {}, 0.0,
+                {}, [])
+        for j in jobs:
+            k = max(0, int(j.remaining))
+            if k == 0 or (j.gpus > capacity_gpus and not j.pinned):
+                continue
+            m._add(j, k, cost.get(j.zone, next(iter(cost.values())) if len(cost) == 1 else None),
+                   j.power_kw * step_hours, optional)
+            if m.impossible and not optional:
+                break
+        return m
+
+    def _add(self, j: JobSpec, k: int, f: np.ndarray, kw: float, optional: bool) -> None:
+        c, (rows, cols, vals) = self.c, self.cap
         e = max(0, int(j.earliest))
         pinned = min(k, max(0, int(j.pinned)))
         if pinned and not j.interruptible:
             pinned = k
         if pinned:
-            fixed[j.name] = [(e, e + pinned)]
-            free[e:e + pinned] -= j.gpus
-            grams_fixed += float(f[e:e + pinned].sum()) * kw
-        lo, rest, hi = e + pinned, k - pinned, min(int(j.latest_end), horizon)
+            self.fixed[j.name] = [(e, e + pinned)]
+            self.free[e:e + pinned] -= j.gpus
+            self.grams_fixed += float(f[e:e + pinned].sum()) * kw
+        lo, rest, hi = e + pinned, k - pinned, min(int(j.latest_end), self.horizon)
         if rest == 0:
-            continue
+            return
         if lo + rest > hi:
-            return Optimum("infeasible", {}, float("nan"), float("nan"), len(c), time.perf_counter() - t0,
-                           f"job {j.name!r} cannot meet its deadline even alone")
+            self.impossible.append(j.name)
+            return
+        z = None
+        if optional:
+            z = self.optional[j.name] = len(c)
+            c.append(-1.0)
         m = max(1, int(j.min_run))
         window = not j.interruptible or (m > 1 and rest < 2 * m)
         if window:
@@ -213,21 +337,21 @@ def optimum(jobs: Sequence[JobSpec], forecasts: Mapping[str, np.ndarray] | np.nd
             cum = np.concatenate(([0.0], np.cumsum(f[:hi])))
             wcost = (cum[starts + rest] - cum[starts]) * kw
             ids = list(range(len(c), len(c) + starts.size))
-            c.extend(wcost.tolist())
-            eq_rows.append((ids, [1.0] * len(ids), 1.0))
+            c.extend(wcost.tolist() if z is None else [0.0] * len(ids))
+            self._exactly(ids, 1.0, z)
             for v, s in zip(ids, starts):
-                decode.append((j.name, v, "window", int(s), rest))
+                self.decode.append((j.name, v, "window", int(s), rest))
                 for t in range(s, s + rest):
                     rows.append(t)
                     cols.append(v)
                     vals.append(float(j.gpus))
-            continue
+            return
         slots = np.arange(lo, hi)
         x = list(range(len(c), len(c) + slots.size))
-        c.extend((f[lo:hi] * kw).tolist())
-        eq_rows.append((x, [1.0] * len(x), float(rest)))
+        c.extend((f[lo:hi] * kw).tolist() if z is None else [0.0] * len(x))
+        self._exactly(x, float(rest), z)
         for v, t in zip(x, slots):
-            decode.append((j.name, v, "slot", int(t), 1))
+            self.decode.append((j.name, v, "slot", int(t), 1))
             rows.append(int(t))
             cols.append(v)
             vals.append(float(j.gpus))
@@ -242,55 +366,51 @@ def optimum(jobs: Sequence[JobSpec], forecasts: Mapping[str, np.ndarray] | np.nd
                     # slot lo: after the running prefix a run continues it (no new start)
                     if pinned:
                         continue
-                    ge_rows.append(([y, x[idx]], [1.0, -1.0]))
+                    self.ge_rows.append(([y, x[idx]], [1.0, -1.0]))
                 else:
-                    ge_rows.append(([y, x[idx], prev], [1.0, -1.0, 1.0]))
+                    self.ge_rows.append(([y, x[idx], prev], [1.0, -1.0, 1.0]))
                 for u in range(1, m):
                     if idx + u < len(x):
-                        ge_rows.append(([x[idx + u], y], [1.0, -1.0]))
+                        self.ge_rows.append(([x[idx + u], y], [1.0, -1.0]))
                     else:
-                        ge_rows.append(([y], [-1.0]))   # y == 0
-    n = len(c)
-    if (free < -_EPS).any():
-        return Optimum("infeasible", {}, float("nan"), float("nan"), n, time.perf_counter() - t0,
-                       "running work alone exceeds the capacity")
-    if n == 0:
-        return Optimum("optimal", {k: tuple(v) for k, v in fixed.items()}, grams_fixed, grams_fixed, 0,
-                       time.perf_counter() - t0)
-    cons = [LinearConstraint(coo_array((vals, (rows, cols)), shape=(horizon, n)).tocsr(), -np.inf, free)]
-    er, ec, ev, rhs = [], [], [], []
-    for r, (ids, coef, b) in enumerate(eq_rows):
-        er += [r] * len(ids)
-        ec += ids
-        ev += coef
-        rhs.append(b)
-    cons.append(LinearConstraint(coo_array((ev, (er, ec)), shape=(len(eq_rows), n)).tocsr(), rhs, rhs))
-    if ge_rows:
-        gr, gc, gv = [], [], []
-        for r, (ids, coef) in enumerate(ge_rows):
-            gr += [r] * len(ids)
-            gc += ids
-            gv += coef
-        cons.append(LinearConstraint(coo_array((gv, (gr, gc)), shape=(len(ge_rows), n)).tocsr(), 0.0, np.inf))
-    res = milp(np.array(c), integrality=np.ones(n), bounds=Bounds(0, 1), constraints=cons,
-               options={"time_limit": float(time_limit_s), "mip_rel_gap": 1e-9})
-    secs = time.perf_counter() - t0
-    if res.status == 2:
-        return Optimum("infeasible", {}, float("nan"), float("nan"), n, secs, "no schedule meets every deadline")
-    dual = getattr(res, "mip_dual_bound", None)
-    if res.x is None:
-        return Optimum("time_limit", {}, float("nan"), (float(dual) if dual is not None else float("nan")) + grams_fixed,
-                       n, secs, str(res.message))
-    chosen: dict[str, list[tuple[int, int]]] = {k: list(v) for k, v in fixed.items()}
-    xv = res.x
-    for name, v, kind, s, length in decode:
-        if xv[v] > 0.5:
-            chosen.setdefault(name, []).append((s, s + length))
-    runs = {k: _merge(v) for k, v in chosen.items()}
-    grams = float(res.fun) + grams_fixed
-    bound = float(dual) + grams_fixed if dual is not None and np.isfinite(dual) else grams
-    status = "optimal" if res.status == 0 else "time_limit"
-    return Optimum(status, runs, grams, min(bound, grams), n, secs, str(res.message))
+                        self.ge_rows.append(([y], [-1.0]))   # y == 0
+
+    def _exactly(self, ids: list[int], amount: float, z: int | None) -> None:
+        """sum(ids) == amount, or == amount × z when the job is optional."""
+        if z is None:
+            self.eq_rows.append((ids, [1.0] * len(ids), amount))
+        else:
+            self.eq_rows.append((ids + [z], [1.0] * len(ids) + [-amount], 0.0))
+
+    def solve(self, time_limit_s: float):
+        from scipy.optimize import Bounds, LinearConstraint, milp
+        from scipy.sparse import coo_array
+
+        n = len(self.c)
+        rows, cols, vals = self.cap
+        cons = [LinearConstraint(coo_array((vals, (rows, cols)), shape=(self.horizon, n)).tocsr(), -np.inf, self.free)]
+        for spec, lo_hi in ((self.eq_rows, None), (self.ge_rows, (0.0, np.inf))):
+            if not spec:
+                continue
+            r_, c_, v_, rhs = [], [], [], []
+            for r, row in enumerate(spec):
+                ids, coef = row[0], row[1]
+                r_ += [r] * len(ids)
+                c_ += ids
+                v_ += coef
+                if lo_hi is None:
+                    rhs.append(row[2])
+            a = coo_array((v_, (r_, c_)), shape=(len(spec), n)).tocsr()
+            cons.append(LinearConstraint(a, rhs, rhs) if lo_hi is None else LinearConstraint(a, *lo_hi))
+        return milp(np.array(self.c), integrality=np.ones(n), bounds=Bounds(0, 1), constraints=cons,
+                    options={"time_limit": float(time_limit_s), "mip_rel_gap": 1e-9})
+
+    def runs(self, xv: np.ndarray) -> dict[str, tuple[tuple[int, int], ...]]:
+        chosen: dict[str, list[tuple[int, int]]] = {k: list(v) for k, v in self.fixed.items()}
+        for name, v, kind, s, length in self.decode:
+            if xv[v] > 0.5:
+                chosen.setdefault(name, []).append((s, s + length))
+        return {k: _merge(v) for k, v in chosen.items()}
 
 
 def _count_variables(jobs: Sequence[JobSpec], capacity_gpus: float, horizon: int) -> int:

@@ -25,7 +25,12 @@ this job run now?":
 Jobs needing more GPUs than the capacity are ``unplaceable``: reported, never run, never
 counted as savings (savings are over the jobs that completed). ``SimResult.feasibility``
 says whether every placeable deadline could have been met (the exact check, run when a
-deadline was missed); ``avoidable_misses`` lists the misses that could have been avoided.
+deadline was missed); ``avoidable_misses`` lists the misses that could have been avoided;
+``fewest_misses`` how many deadlines no schedule can keep (0 when feasible). The oracle's
+``oracle_basis`` says whether its schedule is an optimum (``exact``, ``milp-optimal``), the
+MILP's best within a stated gap (``milp-time-limit``) or the planner's greedy + repair
+(``greedy-fallback``, with ``oracle_fallback_reason``): only the first two are a reference
+that no policy can beat.
 
 Emissions are always accounted on the actual series (``jobs.Accountant``).
 """
@@ -119,6 +124,9 @@ class SimResult:
     intensity: IntensitySeries
     notes: list[str] = field(default_factory=list)
     feasibility: str = "feasible"   # could every placeable job meet its deadline? feasible | infeasible | unknown
+    fewest_misses: int | None = 0   # at best, placeable deadlines missed under the capacity (None: undecided)
+    oracle_basis: str | None = None           # the oracle only: ORACLE_BASES
+    oracle_fallback_reason: str | None = None  # greedy-fallback only: why the MILP gave no schedule
 
     @property
     def avoidable_misses(self) -> list[str]:
@@ -146,6 +154,9 @@ class SimResult:
             "grams_incomplete": round(sum(j.grams for j in self.jobs if not j.completed), 3),
             "feasibility": self.feasibility,
             "avoidable_misses": self.avoidable_misses,
+            "fewest_misses": self.fewest_misses,
+            "oracle_basis": self.oracle_basis,
+            "oracle_fallback_reason": self.oracle_fallback_reason,
         }
 
     def to_json(self) -> dict:
@@ -202,6 +213,8 @@ class PlannedController:
         self.plan_fn = planner_fn
         self.why = why
         self.notes: list[str] = []
+        self.basis: str | None = None            # the oracle's: ORACLE_BASES
+        self.fallback_reason: str | None = None
         self.plans: dict[int, tuple[tuple[datetime, datetime], ...]] = {}
 
     def wants(self, active: Sequence[JobState], now: datetime) -> dict[int, tuple[bool, str]]:
@@ -285,6 +298,10 @@ def _offline_specs(policy: SimPolicy, jobs: Sequence[JobState], t0: datetime) ->
 # the oracle's MILP under a capacity: at most this long, and this many variables
 ORACLE_TIME_LIMIT_S = 60.0
 ORACLE_MAX_VARIABLES = 200_000
+# what the oracle's schedule is: an optimum (no capacity: the planner per job, exact as jobs do
+# not interact; under one: the MILP's), the MILP's best within its gap, or the greedy + repair
+ORACLE_BASES = ("exact", "milp-optimal", "milp-time-limit", "greedy-fallback")
+ORACLE_OPTIMAL = ("exact", "milp-optimal")
 
 
 def oracle_controller(policy: SimPolicy, jobs: Sequence[JobState], actual: IntensitySeries,
@@ -303,6 +320,7 @@ def oracle_controller(policy: SimPolicy, jobs: Sequence[JobState], actual: Inten
     step_h = step.total_seconds() / 3600.0
     notes: list[str] = []
     runs: dict[str, tuple[tuple[int, int], ...]] | None = None
+    basis, reason = "exact", None
     if policy.capacity_gpus is not None:
         from greenml.planning import capacity
 
@@ -322,33 +340,45 @@ def oracle_controller(policy: SimPolicy, jobs: Sequence[JobState], actual: Inten
                          "the planner's greedy + repair instead")
         else:
             notes.append(f"oracle under capacity: greedy + repair, not the exact optimum ({opt.status}: {opt.message})")
+        if runs is None:
+            basis, reason = "greedy-fallback", opt.status
+        else:
+            basis = "milp-optimal" if opt.status == "optimal" else "milp-time-limit"
     if runs is None:
         plans = planner.plan(specs, f, step_hours=step_h, capacity_gpus=policy.capacity_gpus)
         runs = {p.name: p.runs for p in plans}
     by_name = {s.name: tuple((t0 + step * a, t0 + step * b) for a, b in runs.get(s.name, ())) for s in specs}
     ctl = PlannedController(lambda st, now: by_name[st.job.name], "Oracle")
     ctl.notes.extend(notes)
+    ctl.basis, ctl.fallback_reason = basis, reason
     return ctl
 
 
-def offline_feasibility(policy: SimPolicy, jobs: Sequence[JobState], t0: datetime) -> str:
-    """Could every placeable job have met its deadline? Without a capacity yes (inputs are
-    checked: each job fits its own window). Under one: the exact MILP on the slot grid
-    (feasible | infeasible), the demand bound's proof (infeasible), else unknown."""
+def offline_feasibility(policy: SimPolicy, jobs: Sequence[JobState], t0: datetime) -> tuple[str, int | None]:
+    """Could every placeable job have met its deadline, and if not, how many deadlines must
+    be missed at best? Without a capacity every one (inputs are checked: each job fits its
+    own window): ("feasible", 0). Under one, on the slot grid: the demand bound's proof or
+    the exact MILP (feasible | infeasible, else unknown); when infeasible the fewest misses
+    (``planning.capacity.fewest_misses``; None when the MILP does not decide it)."""
     if policy.capacity_gpus is None:
-        return "feasible"
+        return "feasible", 0
     from greenml.planning import capacity
 
     specs = [s for s in _offline_specs(policy, jobs, t0) if s.gpus <= policy.capacity_gpus]
     if not specs:
-        return "feasible"
-    if capacity.demand_bound(specs, policy.capacity_gpus) is not None:
-        return "infeasible"
-    # feasibility only: every cost 0, so the solver stops at the first schedule it finds
-    horizon = max(max(s.latest_end, s.earliest + s.remaining) for s in specs)
-    opt = capacity.optimum(specs, np.zeros(horizon), step_hours=1.0, capacity_gpus=policy.capacity_gpus,
-                           time_limit_s=ORACLE_TIME_LIMIT_S, max_variables=ORACLE_MAX_VARIABLES)
-    return {"optimal": "feasible", "infeasible": "infeasible"}.get(opt.status, "feasible" if opt.runs else "unknown")
+        return "feasible", 0
+    if capacity.demand_bound(specs, policy.capacity_gpus) is None:
+        # feasibility only: every cost 0, so the solver stops at the first schedule it finds
+        horizon = max(max(s.latest_end, s.earliest + s.remaining) for s in specs)
+        opt = capacity.optimum(specs, np.zeros(horizon), step_hours=1.0, capacity_gpus=policy.capacity_gpus,
+                               time_limit_s=ORACLE_TIME_LIMIT_S, max_variables=ORACLE_MAX_VARIABLES)
+        if opt.status == "optimal" or opt.runs:
+            return "feasible", 0
+        if opt.status != "infeasible":
+            return "unknown", None
+    fewest = capacity.fewest_misses(specs, capacity_gpus=policy.capacity_gpus, time_limit_s=ORACLE_TIME_LIMIT_S,
+                                    max_variables=ORACLE_MAX_VARIABLES)
+    return "infeasible", fewest.fewest
 
 
 class RunNowController:
@@ -456,13 +486,17 @@ def simulate(jobs: Sequence[SimJob], actual: IntensitySeries, forecaster: Foreca
             st.done_seconds += (t - st.run_start).total_seconds()
     results = _results(states, actual, policy)
     missed = any(not r.deadline_met and not r.unplaceable for r in results)
-    feasibility = offline_feasibility(policy, states, t0) if missed else "feasible"
+    feasibility, fewest = offline_feasibility(policy, states, t0) if missed else ("feasible", 0)
     notes = list(getattr(ctl, "notes", ()))
     unplaceable = [r.name for r in results if r.unplaceable]
     if unplaceable:
         notes.append(f"unplaceable (more GPUs than the capacity of {policy.capacity_gpus}; never run, "
                      f"not counted as savings): {', '.join(unplaceable)}")
-    return SimResult(policy, results, peak, time.perf_counter() - wall0, t0, t, actual, notes, feasibility)
+    if feasibility == "infeasible":
+        notes.append("no schedule meets every deadline under the capacity (exact, slot grid); at best "
+                     + (f"{fewest} deadline(s) missed" if fewest is not None else "an undecided number missed"))
+    return SimResult(policy, results, peak, time.perf_counter() - wall0, t0, t, actual, notes, feasibility, fewest,
+                     getattr(ctl, "basis", None), getattr(ctl, "fallback_reason", None))
 
 
 def _results(states: Sequence[JobState], actual: IntensitySeries, policy: SimPolicy) -> list[JobResult]:
