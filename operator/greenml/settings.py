@@ -117,8 +117,8 @@ class Settings(BaseSettings):
                                   description="the Lease's duration (s): a killed leader is replaced this long after its last renew")
     kueue_enabled: bool = Field(default=False, description=(
         "run Kueue's carbon-window AdmissionCheck controller (controllerName greenml.io/carbon-window; docs/kueue.md)"))
-    kueue_interval: float = Field(default=30.0, gt=0, description=(
-        "seconds between passes over Kueue Workloads when no decision falls due sooner"))
+    kueue_interval: float = Field(default=300.0, gt=0, description=(
+        "seconds between re-reads of the carbon-window checks' defaults ConfigMaps (Kueue's objects are watched)"))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 

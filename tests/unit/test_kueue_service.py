@@ -479,3 +479,24 @@ def test_a_standing_retry_is_left_to_kueue():
     # evicted, the quota released, and Retry still there: replaced, or it would never be requeued
     evicted = kq.observe(workload(checks=[state("Retry", "closed")]), CHECK)
     assert kq.CheckDecision(kq.PENDING, "Planned", "planned start …").differs(evicted)
+
+
+def test_an_admitted_workloads_ready_is_not_rewritten_for_its_message_alone():
+    from greenml.services.trainingjob import Progress as P
+    obs = lambda admitted, state: kq.WorkloadObservation(state, "admitted without waiting longer", None, None,  # noqa: E731
+                                                         True, admitted, False, P())
+    running = kq.CheckDecision(kq.READY, "Running", "a running non-interruptible job is never stopped")
+    assert not running.differs(obs(True, kq.READY))
+    assert running.differs(obs(False, kq.READY))            # not admitted yet: the message is news
+    assert running.differs(obs(True, kq.PENDING))           # a new state always is
+
+
+def test_a_retry_is_not_written_again_while_kueue_evicts():
+    """Kueue evicts on our Retry and resets the check to Pending while it still holds the
+    quota: writing Retry again then kept the workload from being requeued (e2e)."""
+    from greenml.services.trainingjob import Progress as P
+    obs = lambda evicted, reserved: kq.WorkloadObservation(kq.PENDING, "", None, None, reserved, True, False, P(),  # noqa: E731
+                                                           evicted=evicted)
+    retry = kq.CheckDecision(kq.RETRY, "WindowClosed", "low-carbon window closed")
+    assert not retry.differs(obs(True, True))
+    assert retry.differs(obs(False, True))              # not evicted yet: the Retry is written

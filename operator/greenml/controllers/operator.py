@@ -119,8 +119,7 @@ def start_loop(ctx: Context) -> None:
     if ctx.settings.kueue_enabled:
         from greenml.controllers import kueue
 
-        loop.handlers["Kueue"] = lambda key: asyncio.to_thread(kueue.step, ctx)
-        loop.schedule(kueue.KEY, ctx.clock())
+        kueue.install(ctx)          # its watches (kopf) and its keys in the loop
     loop.on_error = lambda key, exc: reconcile_failed(ctx, key, exc)
     tasks = ctx.extras.setdefault("tasks", [])
     if ctx.settings.peering:
@@ -137,7 +136,7 @@ def start_loop(ctx: Context) -> None:
 def leadership_changed(ctx: Context, leading: bool) -> None:
     """Taking over: every stored object is reconciled now, its wake-ups recomputed from status."""
     if leading:
-        for kind in ("TrainingJob", "InferenceBudget"):
+        for kind in ("TrainingJob", "InferenceBudget", "Workload"):
             for ns, name in ctx.store.keys(kind):
                 ctx.loop.wake((kind, ns, name))
         ctx.loop.wake(BOARD)
@@ -151,18 +150,23 @@ def reconcile_failed(ctx: Context, key: tuple[str, str, str], exc: BaseException
     log.warning("reconcile of %s %s/%s failed (retried with backoff): %s", key[0], key[1], key[2], exc)
 
 
-async def replan_board(ctx: Context) -> datetime:
+async def replan_board(ctx: Context, board: PlanBoard | None = None, kind: str = "TrainingJob",
+                       label: str | None = None) -> datetime:
     """The periodic replan: every waiting job planned in one batch on fresh forecasts; the
-    jobs whose plan changed are woken (the others keep sleeping until their next moment)."""
+    jobs whose plan changed are woken (the others keep sleeping until their next moment).
+    ``board``: the TrainingJobs' (default) or a Kueue ClusterQueue's, whose jobs are ``kind``
+    and whose metrics carry the board ``label``."""
+    from greenml.metrics import TRAININGJOB_BOARD, record_board
+
+    board = ctx.board if board is None else board
     now = ctx.clock()
-    if len(ctx.board):
-        await asyncio.to_thread(ctx.board.replan, now)
-        from greenml.metrics import record_board
-        record_board(metrics_of(ctx), ctx.board)
-        for ns, name in ctx.board.take_changed():
-            ctx.loop.wake(("TrainingJob", ns, name))
-    nxt = ctx.board.next_replan() or now + ctx.board.replan_interval
-    if ctx.board.failures():
+    if len(board):
+        await asyncio.to_thread(board.replan, now)
+        record_board(metrics_of(ctx), board, label or TRAININGJOB_BOARD)
+        for ns, name in board.take_changed():
+            ctx.loop.wake((kind, ns, name))
+    nxt = board.next_replan() or now + board.replan_interval
+    if board.failures():
         nxt = min(nxt, now + timedelta(minutes=1))      # a zone without a forecast: try again soon
     return max(nxt, now + timedelta(seconds=1))
 

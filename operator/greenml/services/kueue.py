@@ -310,6 +310,7 @@ class WorkloadObservation:
     admitted: bool
     finished: bool
     progress: Progress               # Kueue's accumulated admitted time (+ the current admission)
+    evicted: bool = False            # the Evicted condition is True (Kueue evicts it, or did)
 
     @property
     def running(self) -> bool:
@@ -342,6 +343,7 @@ def observe(workload: Mapping[str, Any], check: str) -> WorkloadObservation:
         admitted=admitted is not None,
         finished=finished is not None,
         progress=Progress(run_seconds=past, running_since=since, runs=1 if (past or since) else 0),
+        evicted=_condition(st, "Evicted") is not None,
     )
 
 
@@ -362,7 +364,16 @@ class CheckDecision:
         admitted workload's Retry is replaced only by a decision to run on (Ready). Once the
         quota is released a Retry still standing is replaced (Kueue resets it to Pending on
         eviction, but a later patch of its own, from a stale copy, was seen to put Retry back —
-        and a Workload with a Retry check is not requeued)."""
+        and a Workload with a Retry check is not requeued) — nor written while Kueue evicts it
+        (``Evicted`` with the quota still held: it reset the check to Pending itself, and a
+        Retry written again then was seen to keep it from being requeued at all). Nor is an admitted workload's
+        ``Ready`` rewritten for its message alone (e.g. "admitted without waiting longer …" →
+        "a running non-interruptible job is never stopped"): Kueue has acted on it, the record
+        says the reason, and each write is one more conflict for Kueue's patches."""
+        if obs.admitted and obs.check_state == READY == self.state:
+            return False
+        if self.state == RETRY and obs.evicted and obs.quota_reserved:
+            return False      # evicting: Kueue reset the check itself; a Retry now keeps it from requeueing
         if obs.check_state == RETRY:
             if obs.admitted:
                 return self.state == READY
@@ -505,6 +516,57 @@ def owner_read_problem(ref: tuple[str, str, str], status: int | None, error: str
     return InvalidSpec(f"owner {plural}/{name}", f"cannot read its annotations ({error}){hint}")
 
 
+# ---------------------------------------------------------------- the watched Workload: what is kept, what wakes it
+
+#: the parts of a Workload's status the check reads (``observe``, ``assigned_flavors``, ``cluster_queue_of``)
+_STATUS_KEYS = ("conditions", "admission", "admissionChecks", "accumulatedPastExecutionTimeSeconds")
+#: conditions whose change can change the decision (Kueue's others — PodsReady, Requeued … — cannot)
+_DECISION_CONDITIONS = ("QuotaReserved", "Admitted", "Finished", "Evicted")
+
+
+def lean_workload(workload: Mapping[str, Any], resource: str = GPU_RESOURCE) -> dict[str, Any]:
+    """A Workload as the controller keeps it: metadata (less what ``lean_meta`` drops, done by
+    the store), ``spec.queueName`` and ``maximumExecutionTimeSeconds``, each pod set's name,
+    count and its containers' ``resource`` requests and limits (the rest of the pod template —
+    images, commands, env, volumes — is most of a Workload and no decision reads it), and
+    the status fields in ``_STATUS_KEYS``."""
+    spec = f.mapping(workload.get("spec"))
+    pod_sets = []
+    for ps in spec.get("podSets") or []:
+        ps = f.mapping(ps)
+        containers = []
+        for c in f.mapping(f.mapping(ps.get("template")).get("spec")).get("containers") or []:
+            res = f.mapping(f.mapping(c).get("resources"))
+            kept = {k: {resource: res[k][resource]} for k in ("requests", "limits")
+                    if resource in f.mapping(res.get(k))}
+            containers.append({"resources": kept} if kept else {})
+        pod_sets.append({**{k: ps[k] for k in ("name", "count") if k in ps},
+                         "template": {"spec": {"containers": containers}}})
+    lean_spec: dict[str, Any] = {k: spec[k] for k in ("queueName", "maximumExecutionTimeSeconds") if k in spec}
+    lean_spec["podSets"] = pod_sets
+    st = f.mapping(workload.get("status"))
+    out = {k: workload[k] for k in ("apiVersion", "kind", "metadata") if k in workload}
+    return {**out, "spec": lean_spec, "status": {k: st[k] for k in _STATUS_KEYS if k in st}}
+
+
+def decision_inputs(workload: Mapping[str, Any]) -> tuple:
+    """What a change of the Workload must wake the check for: its identity and owner, the
+    greenml annotations users set (not the record: that is ours), its queue and pod sets,
+    Kueue's admission and reservation, the admission checks' states, run time, and the
+    conditions in ``_DECISION_CONDITIONS``. Equal for Kueue's own bookkeeping churn (a
+    resourceVersion, a PodsReady or Requeued condition, a condition's message, requeueState,
+    resourceRequests) and for the echo of our own writes (the store keeps the written body)."""
+    meta, st = f.mapping(workload.get("metadata")), f.mapping(workload.get("status"))
+    ann = {k: v for k, v in (meta.get("annotations") or {}).items()
+           if k.startswith("greenml.io/") and k != ANN_RECORD}
+    conds = sorted((str(c.get("type")), c.get("status"), c.get("lastTransitionTime"))
+                   for c in map(f.mapping, st.get("conditions") or []) if c.get("type") in _DECISION_CONDITIONS)
+    checks = sorted((str(c.get("name")), c.get("state")) for c in map(f.mapping, st.get("admissionChecks") or []))
+    return (meta.get("uid"), bool(meta.get("deletionTimestamp")), repr(meta.get("ownerReferences")), sorted(ann.items()),
+            repr(lean_workload(workload)["spec"]),
+            repr(st.get("admission")), checks, st.get("accumulatedPastExecutionTimeSeconds"), conds)
+
+
 # ---------------------------------------------------------------- the record: status and accounting
 
 #: on the Workload: what greenml planned and accounted for it (JSON), the status a TrainingJob
@@ -588,7 +650,7 @@ __all__ = [
     "ANN_DEADLINE", "ANN_ESTIMATED_DURATION", "ANN_INTERRUPTIBLE", "ANN_MAX_DELAY", "CONTROLLER_NAME",
     "CheckDecision", "CheckDefaults", "Evaluation", "PENDING", "READY", "RETRY", "WorkloadObservation",
     "admission_check_status", "assigned_flavors", "check_patch", "cluster_queue_of", "decide_check", "decide_invalid",
-    "evaluate", "flavor_zone", "observe", "ANN_RECORD", "build_record", "owner_read_problem", "read_record",
+    "decision_inputs", "evaluate", "flavor_zone", "lean_workload", "observe", "ANN_RECORD", "build_record", "owner_read_problem", "read_record",
     "record_patch", "workload_phase",
     "our_checks", "owner_of", "queue_capacity", "queue_checks", "resolve", "workload_gpus",
 ]
