@@ -44,3 +44,31 @@ def test_lean_job_reads_the_same_to_every_decision():
     assert pods_signature(lean, 1) == pods_signature(job, 1)
     assert lean["metadata"]["ownerReferences"] == job["metadata"]["ownerReferences"]
     assert lean["spec"]["suspend"] is True and lean["spec"]["parallelism"] == 2
+
+
+def test_stored_bodies_share_their_keys_and_short_strings_and_read_the_same():
+    import json
+
+    s = Store()
+    # two bodies decoded from JSON, as kopf hands them: each has its own copy of every string
+    raw = [json.loads(json.dumps({"metadata": {"name": n, "namespace": "ml", "resourceVersion": "3"},
+                                  "spec": {"list": [{"lastTransitionTime": "2026-12-03T09:12:58Z"}]},
+                                  "status": {"conditions": [{"type": "Ready", "reason": "Planned",
+                                                             "message": "m" * 80}]}}))
+           for n in ("a", "b")]
+    assert raw[0]["status"]["conditions"][0]["reason"] is not raw[1]["status"]["conditions"][0]["reason"]
+    for b in raw:
+        s.put("TrainingJob", b)
+    a, b = s.get("TrainingJob", "ml", "a"), s.get("TrainingJob", "ml", "b")
+    assert a == raw[0] and b == raw[1]                               # nothing lost or changed
+    ka = next(k for k in a["spec"]["list"][0])
+    kb = next(k for k in b["spec"]["list"][0])
+    assert ka is kb                                                  # one key object for all bodies
+    ca, cb = a["status"]["conditions"][0], b["status"]["conditions"][0]
+    assert ca["reason"] is cb["reason"] and ca["type"] is cb["type"]
+    assert ca["message"] is not cb["message"]                        # long strings are not interned
+    # a deep copy: the decoded event can go, and changing it changes nothing stored
+    raw[0]["status"]["conditions"][0]["reason"] = "Changed"
+    assert a["status"]["conditions"][0]["reason"] == "Planned"
+    job = lean_job(json.loads(json.dumps(_job())))
+    assert next(iter(job["status"]["conditions"][0])) is next(iter(ca))      # Jobs too ("type")

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import kopf
 
 from greenml.controllers.context import Context
-from greenml.controllers.loop import NEVER, Patch, lean_meta, post_event, reconcile_object, watch_event
+from greenml.controllers.loop import NEVER, Patch, compact, lean_meta, post_event, reconcile_object, watch_event
 from greenml.controllers.operator import accounting_of, metrics_of
 from greenml.metrics import record_board, record_trainingjob
 from greenml.kube import ApiError, Conflict, NotFound
@@ -88,8 +88,7 @@ def lean_job(job: Mapping[str, Any]) -> dict[str, Any]:
     template = spec.get("template")
     if isinstance(template, Mapping):
         spec["template"] = {"metadata": dict(template.get("metadata") or {})}
-    return {"metadata": dict(lean_meta(job.get("metadata") or {})), "spec": spec,
-            "status": dict(job.get("status") or {})}
+    return compact({"metadata": lean_meta(job.get("metadata") or {}), "spec": spec, "status": job.get("status") or {}})
 
 
 def _job_view(job: Mapping[str, Any]) -> tuple:
