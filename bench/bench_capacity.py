@@ -234,7 +234,9 @@ def markdown(payload: dict) -> str:
            f"| {r['ratio_p95']:.4f} | {r['ratio_max']:.4f} | {1e3 * r['plan_s_mean']:.0f} | {r['milp_s_mean']:.1f} |"
            for r in payload["quality"]]
     md += ["", "Emissions ratios over the feasible instances only: where no schedule keeps every deadline "
-           "there is no optimum to compare with."]
+           "there is no optimum to compare with. Infeasible: the deadlines missed at best per instance "
+           "(planning.capacity.fewest_misses; ?: not decided within the time limit). Undecided: the MILP "
+           "neither found a schedule nor proved there is none within its time limit (depends on the machine's load)."]
     if payload.get("issue"):
         md += ["", "## The issue's workload (200 jobs, 28 days, 24 GPUs, 1 h steps, perfect forecast)", "",
                "| zone | month | feasible | greenml met | late | late flagged at arrival | greenml saved % | oracle "
@@ -247,7 +249,9 @@ def markdown(payload: dict) -> str:
                f"| {_fraction_cell(r)} |" for r in payload["issue"]]
         md += ["", "feasible: does a schedule keep all 200 deadlines under the 24 GPUs (exact MILP on the slot "
                "grid); no: how many deadlines no schedule can keep. The oracle is the MILP optimum where one "
-               "exists; elsewhere the planner's greedy + repair, which is no optimum, so no fraction is given."]
+               "exists (milp-optimal); milp-time-limit: the MILP's best schedule when the time limit struck (its gap "
+               "to the solver's bound in capacity.json, oracle_notes); greedy-fallback: the planner's greedy + repair. "
+               "Neither is an optimum, so no fraction is given there."]
     if payload.get("carried_over"):
         md += ["", f"Carried over from the previous run (not rerun): {', '.join(payload['carried_over'])}."]
     return "\n".join(md) + "\n"
