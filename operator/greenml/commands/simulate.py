@@ -174,9 +174,10 @@ def run_shifting(args: argparse.Namespace) -> int:
 
 def _register_power_caps(s: argparse._SubParsersAction) -> None:
     p = s.add_parser("power-caps", help="shifting alone, capping alone and both, on the same jobs (GPU power caps)",
-                     description="Plan each job at submit through the operator's planning code four ways (run now, "
-                                 "carbon-aware cap without shifting, shifting uncapped, windows and caps jointly) and "
-                                 "account them on the actual series. See docs/power-caps.md.")
+                     description="Run now; a carbon-aware cap without shifting (planned at submit); shifting "
+                                 "uncapped and windows with caps jointly, both replayed through the operator's own "
+                                 "loop tick by tick (and planned once at submit, for comparison); accounted on the "
+                                 "actual series. See docs/power-caps.md.")
     p.add_argument("--intensity", required=True, type=Path, help="INTENSITY.csv: datetime_utc + numeric g/kWh columns")
     p.add_argument("--jobs", required=True, type=Path,
                    help="JOBS.csv: name,submit_utc,duration_minutes,deadline_utc,gpus,watts_per_gpu,interruptible")

@@ -28,8 +28,8 @@ from greenml.kube import ApiError, Conflict, NotFound
 from greenml.kube.client import FIELD_MANAGER
 from greenml.planning.power import window_caps
 from greenml.services.trainingjob import (
-    LABEL_MANAGED_BY, LABEL_OWNER, MANAGED_BY, InvalidSpec, JobObservation, Outcome, Progress, capped_view,
-    after_create, capped_usage, carried_cap, check_feasible, decide, job_manifest, job_name, next_wakeup, owned_by, persist_capped,
+    LABEL_MANAGED_BY, LABEL_OWNER, MANAGED_BY, InvalidSpec, JobObservation, Outcome, Progress, capped_segment, capped_view,
+    after_create, capped_usage, carbon_aware, carried_cap, check_feasible, decide, job_manifest, job_name, next_wakeup, owned_by, persist_capped,
     pods_signature, pods_to_cap, power_cap_annotation, resolve,
 )
 from greenml.timeutil import format_time
@@ -307,10 +307,6 @@ class PublishedCap:
     run_start: datetime | None   # when the run began: a change of cap rebases the segment, not the run
 
 
-def carbon_aware(req) -> bool:
-    return req.cap is not None and req.cap.mode == "carbonAware"
-
-
 def _whole(t: datetime | None) -> datetime | None:
     return t.replace(microsecond=0) if t is not None else None
 
@@ -352,13 +348,9 @@ def publish_cap(ctx: Context, req, before: Progress, outcome: Outcome, observed:
         caps.pop(req.key, None)
         return outcome
     want = ctx.board.cap_for(req.key, now, forced=outcome.reason == "DeadlineForced")
-    if before.running_since is not None and prog.running_since == before.running_since:
-        run_start = run_start or before.running_since       # the same run goes on
-        if want != ran:
-            prog = prog.rebase(_whole(now), speed)          # on the second, as status keeps it
-            outcome = replace(outcome, progress=prog)
-    else:
-        run_start = prog.running_since                       # a run (or, after a stall, its count) begins now
+    # a change of cap rebases the segment, on the second, as status keeps it
+    outcome, run_start = capped_segment(before, outcome, ran, run_start, want, speed, _whole(now))
+    prog = outcome.progress
     published = PublishedCap(want, pods_signature(job, prog.runs), prog.running_since, run_start)
     if caps.get(req.key) == published:
         return outcome

@@ -501,6 +501,11 @@ def pods_signature(job: Mapping[str, Any] | None, runs: int) -> tuple:
     return (meta.get("uid"), runs, st.get("active"), st.get("ready"), st.get("failed"), st.get("succeeded"))
 
 
+def carbon_aware(req: JobRequirements) -> bool:
+    """A carbon-aware power cap: its progress counts at the speed of the cap it runs under."""
+    return req.cap is not None and req.cap.mode == "carbonAware"
+
+
 def capped_view(progress: Progress, speed: float, now: datetime, run_start: datetime | None = None) -> Progress:
     """A carbon-aware job's progress as ``decide()`` and the board are to see it: the open run
     segment counted at ``speed`` (work per wall second at the cap it runs under:
@@ -564,6 +569,23 @@ def persist_capped(req: JobRequirements, before: Progress, view: Progress, outco
     wall = max(0.0, after.run_seconds - view.run_seconds - ahead)
     prog = replace(after, run_seconds=min(MAX_RUN_SECONDS, before.run_seconds + wall * min(1.0, max(0.0, speed))))
     return replace(outcome, progress=prog, remaining=remaining_work(req, prog, now))
+
+
+def capped_segment(before: Progress, outcome: "Outcome", ran: float | None, run_start: datetime | None,
+                   want: float | None, speed: float, at: datetime) -> tuple["Outcome", datetime | None]:
+    """The cap to publish now (``want``: ``PlanBoard.cap_for``) against the one the open run
+    segment ran under (``ran``), on ``persist_capped``'s answer: when the same run goes on
+    under another cap, its segment is rebased at ``at`` (``Progress.rebase``: counted at
+    ``speed`` up to then; a new segment opens). Returns the outcome and when the run began
+    (minRunDuration counts from there): the run's own when it goes on, else the outcome's
+    (a run — or, after a stall, its count — begins now). The controller and the simulator's
+    replay both call it."""
+    prog = outcome.progress
+    if before.running_since is not None and prog.running_since == before.running_since:
+        if want != ran:
+            outcome = replace(outcome, progress=prog.rebase(at, speed))
+        return outcome, run_start or before.running_since
+    return outcome, prog.running_since
 
 
 def owned_by(job: Mapping[str, Any], req: JobRequirements) -> bool:

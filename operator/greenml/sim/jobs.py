@@ -10,12 +10,15 @@ import csv
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from greenml.signals.base import IntensitySeries
 from greenml.timeutil import format_time, parse_time
+
+if TYPE_CHECKING:
+    from greenml.planning.power import CapPolicy
 
 JOB_COLUMNS = ("name", "submit_utc", "duration_minutes", "deadline_utc", "gpus", "watts_per_gpu", "interruptible")
 FORECAST_COLUMNS = ("issued_utc", "target_utc", "gco2_per_kwh")
@@ -41,6 +44,10 @@ class SimJob:
     max_intensity: float | None = None
     zone: str | None = None              # the grid zone whose series it runs on (None: the one series given)
     body: dict | None = field(default=None, compare=False)  # the TrainingJob CR, when it came from one
+    #: its resolved spec.power.cap (None: uncapped), as in ``JobRequirements``: carbon-aware,
+    #: ``duration`` and ``watts`` are at maxWatts and the replay runs it at the published cap;
+    #: static, they are already the capped ones
+    cap: "CapPolicy | None" = None
 
     @property
     def watts(self) -> float:
@@ -68,9 +75,15 @@ class JobResult:
     gpus: int = 0
     watts: float = 0.0           # total draw while running
     unplaceable: bool = False    # more GPUs than the capacity: never runs, never counted as savings
+    #: a carbon-aware capped job: the cap (W per GPU, None: uncapped) of each run in ``runs``
+    #: and its energy as the operator counts it (``services.trainingjob.capped_usage``)
+    caps: tuple[float | None, ...] | None = None
+    energy_kwh: float | None = None
 
     @property
     def kwh(self) -> float:
+        if self.energy_kwh is not None:
+            return self.energy_kwh
         return self.watts * sum((e - s).total_seconds() for s, e in self.runs) / 3.6e6
 
     @property
@@ -85,7 +98,7 @@ class JobResult:
                 "grams": round(self.grams, 3), "run_now_grams": round(self.run_now_grams, 3),
                 "deadline_met": self.deadline_met, "completed": self.completed, "reason": self.reason,
                 "gpus": self.gpus, "watts": round(self.watts, 3), "kwh": round(self.kwh, 6),
-                "unplaceable": self.unplaceable}
+                "unplaceable": self.unplaceable, **({"caps": list(self.caps)} if self.caps is not None else {})}
 
 
 def format_time_precise(dt: datetime) -> str:

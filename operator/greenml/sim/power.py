@@ -1,22 +1,27 @@
 """Power caps in simulation: shifting alone, capping alone, and both, on the same jobs.
 
-Each job is planned at its submit time on the forecast issued then (perfect foresight by
-default; any ``sim.forecasts`` forecaster), through the planning code the operator runs:
+Forecasts: perfect foresight by default, any ``sim.forecasts`` forecaster. Strategies:
 
 - ``run-now``   start at submit, uncapped (the baseline);
 - ``capping``   start at submit, never paused, one cap for the whole run: the level with the
                 least carbon that still ends by the deadline (``power.place_capped`` on a
-                running job) — what a carbon-aware cap does without shifting;
-- ``shifting``  the shifting planner (``shifting.plan``), uncapped;
-- ``both``      windows and a cap per window chosen jointly (``power.plan_with_caps``, the
-                plan board's path).
+                running job, on the forecast at submit) — what a carbon-aware cap does
+                without shifting (the operator has no such mode: a counterfactual);
+- ``shifting``  the operator's replay (``sim.shifting.simulate``, policy ``greenml``): the
+                plan board replans every step on the forecast issued then and
+                ``services.trainingjob.decide`` pauses and resumes, tick by tick; uncapped;
+- ``both``      the same replay with every job carbon-aware over the GPU's curve: the board
+                chooses windows and a cap per window (``power.refine``), and each job runs
+                as the TrainingJob controller runs it — ``capped_view`` for the board and
+                ``decide``, the cap of now (``PlanBoard.cap_for``), a change of cap rebasing
+                the run segment (``capped_segment``), energy through ``capped_usage``;
+- ``shifting-at-submit`` / ``both-at-submit``: each job planned once at submit
+                (``shifting.plan`` / ``power.plan_with_caps``) and followed as planned, for
+                comparison with the replays (no replan, no forecast update).
 
 Emissions and energy are accounted on the actual series (``jobs.Accountant``): each run
 draws ``watts × power factor`` of its cap and does ``1 / time factor`` of work per unit of
-time; the last run ends exactly when the work is done. Jobs are planned one by one on an
-unlimited capacity (no GPU contention), and the live operator's pause/resume loop
-(``decide``) is not replayed here: it does not count capped run time at its speed yet
-(see docs/power-caps.md).
+time; the last run ends exactly when the work is done. No GPU capacity limit.
 """
 from __future__ import annotations
 
@@ -30,9 +35,11 @@ import numpy as np
 from greenml.planning import power, shifting
 from greenml.signals.base import IntensitySeries, SignalError
 from greenml.sim.forecasts import Forecaster
-from greenml.sim.jobs import Accountant, SimInputError, SimJob
+from greenml.sim.jobs import Accountant, JobResult, SimInputError, SimJob
+from greenml.sim.shifting import SimPolicy, simulate
 
 STRATEGIES = ("run-now", "capping", "shifting", "both")
+AT_SUBMIT = ("shifting-at-submit", "both-at-submit")
 
 
 @dataclass(frozen=True)
@@ -115,7 +122,7 @@ def simulate_caps(jobs: Sequence[SimJob], actual: IntensitySeries, forecaster: F
     top = levels[-1]
     acc = Accountant(actual)
     step, step_h = config.step, config.step.total_seconds() / 3600.0
-    res = CapSimResult(config, [j.name for j in jobs], {s: [] for s in STRATEGIES})
+    res = CapSimResult(config, [j.name for j in jobs], {s: [] for s in STRATEGIES + AT_SUBMIT})
     for job in jobs:
         k = int(math.ceil(job.duration / step - 1e-9))
         latest_end = int((job.deadline - job.submit) // step)
@@ -136,9 +143,18 @@ def simulate_caps(jobs: Sequence[SimJob], actual: IntensitySeries, forecaster: F
         plans = {
             "run-now": (((0, k),), (top,)),
             "capping": (capped.runs, capped.levels) if capped else (((0, k),), (top,)),
-            "shifting": (plain.runs, (top,) * len(plain.runs)),
-            "both": (joint.runs, tuple(joint_levels)),
+            "shifting-at-submit": (plain.runs, (top,) * len(plain.runs)),
+            "both-at-submit": (joint.runs, tuple(joint_levels)),
         }
         for name, (runs, lvs) in plans.items():
             res.outcomes[name].append(_account(acc, job, job.submit, step, runs, lvs))
+    # the operator's own loop, tick by tick: uncapped, and every job carbon-aware over the curve
+    replay = SimPolicy("greenml", step=step, min_run=config.min_run, forecast_label=config.forecast_label)
+    for name, run in (("shifting", jobs), ("both", [replace(j, cap=policy) for j in jobs])):
+        res.outcomes[name] = [_outcome(r) for r in simulate(run, actual, forecaster, replay).jobs]
     return res
+
+
+def _outcome(r: JobResult) -> Outcome:
+    return Outcome(r.grams, r.kwh, sum((e - s).total_seconds() for s, e in r.runs),
+                   max((e for _, e in r.runs), default=None), r.deadline_met)

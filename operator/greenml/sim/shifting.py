@@ -9,7 +9,12 @@ this job run now?":
 - ``greenml``: the operator's own path — ``services.board.PlanBoard`` plans all waiting
   jobs together on the forecast *as issued at now* and ``services.trainingjob.decide``
   acts on the plan, tick by tick. It never sees an actual value: its only input is the
-  forecaster (online by construction; tested).
+  forecaster (online by construction; tested). A carbon-aware capped job (``SimJob.cap``)
+  goes through the TrainingJob controller's sequence: ``capped_view`` for the board and
+  ``decide``, ``persist_capped``, the cap of now (``PlanBoard.cap_for``) and
+  ``capped_segment`` (a change of cap rebases the run segment); it runs at that cap's speed
+  and draw until the next tick, and its energy accrues through ``capped_usage`` as status's
+  does (docs/power-caps.md).
 - ``run-now``: start at submit.
 - ``threshold``: run while the current intensity is below a percentile of the past
   week's actuals, else start at the latest feasible time (today's open-source schedulers).
@@ -46,7 +51,10 @@ import numpy as np
 
 from greenml.planning import shifting as planner
 from greenml.services.board import PlanBoard
-from greenml.services.trainingjob import Defaults, JobObservation, JobRequirements, Progress, decide
+from greenml.services.trainingjob import (
+    Defaults, JobObservation, JobRequirements, Progress, capped_segment, capped_usage, capped_view, carbon_aware,
+    decide, persist_capped,
+)
 from greenml.signals.base import IntensitySeries, SignalError
 from greenml.signals.series import SeriesSource
 from greenml.sim.forecasts import Forecaster
@@ -92,22 +100,80 @@ class JobState:
     admitted: bool = False
     running: bool = False
     run_start: datetime | None = None
-    done_seconds: float = 0.0
+    done_seconds: float = 0.0       # work done by closed run segments (a capped job: at maxWatts)
     runs: list[tuple[datetime, datetime]] = field(default_factory=list)
     n_runs: int = 0
     done: bool = False
     reason: str = ""
+    # carbon-aware capped jobs only: the open run segment (status's runningSince: a change of
+    # cap rebases it), the cap it runs under, the closed segments with their caps, and
+    # status.usage as the controller writes it (capped_usage)
+    seg_start: datetime | None = None
+    cap_watts: float | None = None
+    segments: list[tuple[datetime, datetime, float | None]] = field(default_factory=list)
+    usage: dict = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[str, str]:
         return self.req.key
 
+    @property
+    def capped(self) -> bool:
+        return carbon_aware(self.req)
+
+    def speed(self) -> float:
+        """Work per wall second of the open segment (1 uncapped)."""
+        return self.req.cap.level(self.cap_watts).speed if self.capped else 1.0
+
+    def _open(self) -> datetime | None:
+        return (self.seg_start if self.capped else self.run_start) if self.running else None
+
     def remaining_s(self, now: datetime) -> float:
-        extra = (now - self.run_start).total_seconds() if self.running and self.run_start else 0.0
+        opened = self._open()
+        extra = (now - opened).total_seconds() * self.speed() if opened else 0.0
         return self.job.duration.total_seconds() - self.done_seconds - extra
 
     def progress(self) -> Progress:
-        return Progress(self.done_seconds, self.run_start if self.running else None, self.n_runs)
+        """In status's terms (a capped job's open segment in wall time from its own start)."""
+        return Progress(self.done_seconds, self._open(), self.n_runs)
+
+    def finish_time(self) -> datetime:
+        """When the running job's work is done at the open segment's speed."""
+        left = self.job.duration.total_seconds() - self.done_seconds
+        return self._open() + timedelta(seconds=left / self.speed())
+
+    def start(self, now: datetime, cap: float | None) -> None:
+        self.running, self.run_start, self.n_runs = True, now, self.n_runs + 1
+        if self.capped:
+            self.seg_start, self.cap_watts = now, cap
+
+    def stop(self, now: datetime, progress: Progress | None = None) -> None:
+        """The run ends at ``now``: ``progress`` is the services' account of it (a capped job:
+        its segment counted at its cap's speed; None: ``now`` as decide() closes it)."""
+        self.runs.append((self.run_start, now))
+        if self.capped:
+            progress = progress or self.progress().rebase(now, self.speed()).closed(now)
+            self._segment(now, progress, now)
+            self.seg_start = None
+        else:
+            self.done_seconds += (now - self.run_start).total_seconds()
+        self.running, self.run_start = False, None
+
+    def recap(self, now: datetime, progress: Progress, cap: float | None) -> None:
+        """A capped job runs on under the cap of now: a rebased segment (its cap changed) is
+        closed at its old cap and a new one opens."""
+        if progress.running_since != self.seg_start:
+            self._segment(progress.running_since, progress, now)
+            self.seg_start = progress.running_since
+        self.cap_watts = cap
+
+    def _segment(self, end: datetime, progress: Progress, now: datetime) -> None:
+        if end > self.seg_start:
+            self.segments.append((self.seg_start, end, self.cap_watts))
+        self.done_seconds = progress.run_seconds
+        # status.usage as write_status keeps it: the work since the last count at the segment's cap
+        kwh, counted = capped_usage(self.req, progress, now, self.usage, self.cap_watts)
+        self.usage = {"energyKwh": kwh, "countedRunSeconds": counted}
 
     def latest_start(self, now: datetime, margin: timedelta) -> datetime:
         return self.job.deadline - margin - timedelta(seconds=self.remaining_s(now))
@@ -175,7 +241,8 @@ def to_requirements(job: SimJob, policy: SimPolicy) -> JobRequirements:
     return JobRequirements(
         namespace="sim", name=job.name, uid=job.name, created=job.submit, deadline=job.deadline,
         duration=job.duration, interruptible=job.interruptible, min_run=job.min_run or policy.min_run,
-        gpus=job.gpus, watts=job.watts, power_source="spec", zone=ZONE, max_intensity=job.max_intensity)
+        gpus=job.gpus, watts=job.watts, power_source="spec", zone=ZONE, max_intensity=job.max_intensity,
+        cap=job.cap)
 
 
 class GreenmlController:
@@ -187,21 +254,35 @@ class GreenmlController:
         self.board = PlanBoard(self.defaults, source, replan_interval=policy.replan_interval or policy.step,
                                horizon=policy.horizon, capacity=policy.capacity_gpus)
         self._known: set[tuple[str, str]] = set()
+        #: carbon-aware capped jobs, from the last wants(): (progress, cap of now) by id(state)
+        self.capped: dict[int, tuple[Progress, float | None]] = {}
 
     def forget(self, st: JobState) -> None:
         self.board.forget(st.key)
         self._known.discard(st.key)
 
     def wants(self, active: Sequence[JobState], now: datetime) -> dict[int, tuple[bool, str]]:
+        # a capped job's open segment counts at the speed of its cap (controllers.trainingjob.reconcile)
+        befores = {id(st): st.progress() for st in active}
+        views = {i: capped_view(p, st.speed(), now, st.run_start) if st.capped else p
+                 for st in active for i, p in ((id(st), befores[id(st)]),)}
         for st in active:
-            self.board.observe(st.req, st.progress(), st.running)
+            self.board.observe(st.req, views[id(st)], st.running)
         out = {}
+        self.capped = {}
         for st in active:
             planned, _failure = self.board.plan_for(st.key, now)
             windows = planned.windows if planned is not None else None
             obs = JobObservation(exists=True, suspended=not st.running)
-            o = decide(st.req, st.progress(), obs, windows, now, self.defaults,
+            o = decide(st.req, views[id(st)], obs, windows, now, self.defaults,
                        plan_reason=planned.reason if planned else None)
+            if st.capped:
+                before, speed = befores[id(st)], st.speed()
+                o = persist_capped(st.req, before, views[id(st)], o, speed, now)
+                want = (self.board.cap_for(st.key, now, forced=o.reason == "DeadlineForced")
+                        if o.progress.running_since is not None else None)
+                o, _run_start = capped_segment(before, o, st.cap_watts, st.run_start, want, speed, now)
+                self.capped[id(st)] = (o.progress, want)
             out[id(st)] = (o.phase == "Running", o.reason)
         return out
 
@@ -440,10 +521,10 @@ def simulate(jobs: Sequence[SimJob], actual: IntensitySeries, forecaster: Foreca
     while (nxt < len(order) or live) and t <= horizon_end:
         # 1. runs that finished since the last tick end exactly when the work is done
         for st in [s for s in live if s.running]:
-            finish = st.run_start + timedelta(seconds=st.job.duration.total_seconds() - st.done_seconds)
+            finish = st.finish_time()
             if finish <= t + EPS:
-                st.runs.append((st.run_start, finish))
-                st.done_seconds, st.running, st.done = st.job.duration.total_seconds(), False, True
+                st.stop(finish)
+                st.done_seconds, st.done = st.job.duration.total_seconds(), True
                 used -= st.job.gpus
                 if isinstance(ctl, GreenmlController):
                     ctl.forget(st)
@@ -459,21 +540,22 @@ def simulate(jobs: Sequence[SimJob], actual: IntensitySeries, forecaster: Foreca
             continue
         # 3. decisions, then the cluster applies them (stops first, then starts by urgency)
         wants = ctl.wants(live, t)
+        capped = getattr(ctl, "capped", {})
         for st in live:
             run, why = wants[id(st)]
             st.reason = why
             if st.running and not run and st.job.interruptible:
-                st.runs.append((st.run_start, t))
-                st.done_seconds += (t - st.run_start).total_seconds()
-                st.running, st.run_start = False, None
+                st.stop(t, capped[id(st)][0] if id(st) in capped else None)
                 used -= st.job.gpus
+            elif st.running and id(st) in capped:
+                st.recap(t, *capped[id(st)])
         starters = sorted((s for s in live if not s.running and wants[id(s)][0]),
                           key=lambda s: (s.latest_start(t, timedelta(0)), s.job.name))
         for st in starters:
             if policy.capacity_gpus is not None and used + st.job.gpus > policy.capacity_gpus:
                 st.reason = "CapacityQueued"
                 continue
-            st.running, st.run_start, st.n_runs = True, t, st.n_runs + 1
+            st.start(t, capped[id(st)][1] if id(st) in capped else None)
             used += st.job.gpus
         peak = max(peak, used)
         t += step
@@ -482,8 +564,7 @@ def simulate(jobs: Sequence[SimJob], actual: IntensitySeries, forecaster: Foreca
             on_progress(min(1.0, (t - t0).total_seconds() / span))
     for st in live:    # ran out of time (only when capacity starves a job): close what is open
         if st.running:
-            st.runs.append((st.run_start, t))
-            st.done_seconds += (t - st.run_start).total_seconds()
+            st.stop(t)
     results = _results(states, actual, policy)
     missed = any(not r.deadline_met and not r.unplaceable for r in results)
     feasibility, fewest = offline_feasibility(policy, states, t0) if missed else ("feasible", 0)
@@ -504,16 +585,24 @@ def _results(states: Sequence[JobState], actual: IntensitySeries, policy: SimPol
     out = []
     for st in states:
         j = st.job
-        runs = tuple(_merge_runs(st.runs))
         run_now = acc.grams(j.power_kw, [(j.submit, j.submit + j.duration)])
         if policy.lwa_quirks and j.submit + policy.step + j.duration <= actual.end:
             run_now = min(run_now, acc.grams(j.power_kw, [(j.submit + policy.step, j.submit + policy.step + j.duration)]))
-        worked = sum((e - s).total_seconds() for s, e in runs)
-        completed = worked >= j.duration.total_seconds() - 1e-6
-        met = completed and all(s >= j.submit - EPS and e <= j.deadline + EPS for s, e in runs)
         unplaceable = policy.capacity_gpus is not None and j.gpus > policy.capacity_gpus
-        out.append(JobResult(j.name, runs, acc.grams(j.power_kw, runs), run_now, met, completed,
-                             "Unplaceable" if unplaceable else st.reason, j.gpus, j.watts, unplaceable))
+        if st.capped:
+            # each segment at its cap's draw; complete when its work (at maxWatts) is done
+            runs = tuple((s, e) for s, e, _ in st.segments)
+            caps = tuple(c for _, _, c in st.segments)
+            grams = sum(acc.grams(j.power_kw * st.req.cap.level(c).power, [(s, e)]) for s, e, c in st.segments)
+            completed = st.done_seconds >= j.duration.total_seconds() - 1e-6
+            energy = float(st.usage.get("energyKwh", 0.0))
+        else:
+            runs, caps, energy = tuple(_merge_runs(st.runs)), None, None
+            grams = acc.grams(j.power_kw, runs)
+            completed = sum((e - s).total_seconds() for s, e in runs) >= j.duration.total_seconds() - 1e-6
+        met = completed and all(s >= j.submit - EPS and e <= j.deadline + EPS for s, e in runs)
+        out.append(JobResult(j.name, runs, grams, run_now, met, completed,
+                             "Unplaceable" if unplaceable else st.reason, j.gpus, j.watts, unplaceable, caps, energy))
     return out
 
 
