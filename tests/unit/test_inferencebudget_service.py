@@ -162,3 +162,22 @@ def test_owner_fields_that_do_not_read_fall_back_to_the_deployment():
     assert (o.replicas, o.variant) == (2, None)
     o = svc.owner_replicas(model, {"replicas": 2, "ownerReplicas": 5, "ownerVariant": "gone"}, {"spec": {"replicas": 2}})
     assert (o.replicas, o.variant) == (5, None)      # a variant no longer in the spec: the first one's capacity
+
+
+def test_an_hpa_without_a_desire_leaves_the_load_to_the_deployments_replicas_before_the_cap():
+    """An HPA that has computed no desired replicas (0 or absent: no metrics yet) is not a load
+    of 0 (the e2e HPA had desiredReplicas: 0 and the budget saw no load): the Deployment's
+    replicas are the owner's until greenml's cap stands, then the figure remembered."""
+    spec, model = svc.parse_spec(body())
+    dep = {"spec": {"replicas": 3}}
+    for desired in (0, None):
+        first = svc.owner_replicas(model, {}, dep, hpa(4, desired))
+        assert (first.replicas, first.hpa_max_replicas) == (3, 4)
+        assert svc.assumed_load(model, first)[0] > 0
+    capped = {"activeVariant": "small", "replicas": 1, "appliedMaxReplicas": 1, **first.to_status()}
+    dep_after = {"spec": {"replicas": 1}}                    # the HPA obeyed greenml's cap
+    held = svc.owner_replicas(model, capped, dep_after, hpa(1, 0))
+    assert (held.replicas, held.hpa_max_replicas) == (3, 4)
+    assert svc.assumed_load(model, held) == svc.assumed_load(model, first)
+    # never above the HPA's own max
+    assert svc.owner_replicas(model, {}, {"spec": {"replicas": 9}}, hpa(4, 0)).replicas == 4

@@ -315,7 +315,9 @@ def owner_replicas(model: core.BudgetModel, status: Mapping[str, Any] | None, de
     last applied (``status.replicas``: the first reconcile, or a user changed them); while
     they equal it, the owner's figure remembered in ``status.ownerReplicas``. With an HPA:
     its ``status.desiredReplicas`` when below the live maxReplicas (the cap did not bind:
-    the HPA's own desire), else its maxReplicas as its owner set it — the live one until
+    the HPA's own desire) and above 0; with none computed (0, e.g. no metrics) the
+    Deployment's replicas until greenml's cap stands, then the figure remembered in
+    ``status.ownerReplicas``; else its maxReplicas as its owner set it — the live one until
     greenml caps it or when someone changed it since (it differs from
     ``status.appliedMaxReplicas``), else the one remembered in ``status.ownerMaxReplicas``.
     """
@@ -328,8 +330,19 @@ def owner_replicas(model: core.BudgetModel, status: Mapping[str, Any] | None, de
             remembered = f.integer(st.get("ownerMaxReplicas"), None, minimum=1)
             own_max = remembered if applied == live_max and remembered is not None else live_max
             desired = f.integer(f.mapping(hpa.get("status")).get("desiredReplicas"), None, minimum=0)
-            if desired is not None and desired < live_max:
+            # 0 is no desire (an HPA that has not computed one, e.g. without metrics), not a load of 0
+            if desired is not None and 0 < desired < live_max:
                 return OwnerReplicas(desired, active, "the HPA's desired replicas", own_max)
+            if not desired:
+                # no desire computed: the Deployment's replicas until greenml's cap stands (they
+                # are then the cap's doing), the figure remembered from then on
+                remembered_r = f.integer(st.get("ownerReplicas"), None, minimum=1)
+                if applied == live_max and remembered_r is not None:
+                    return OwnerReplicas(remembered_r, _variant_of(model, st.get("ownerVariant")), _HPA_NO_DESIRE,
+                                         own_max)
+                raw = (deployment.get("spec") or {}).get("replicas")
+                if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 1:
+                    return OwnerReplicas(min(raw, own_max), active, _HPA_NO_DESIRE, own_max)
             return OwnerReplicas(own_max, active, "the HPA's own maxReplicas (its desired replicas are at the cap)",
                                  own_max)
     raw = (deployment.get("spec") or {}).get("replicas")
@@ -342,6 +355,7 @@ def owner_replicas(model: core.BudgetModel, status: Mapping[str, Any] | None, de
 
 
 _DEPLOYMENT_OWNER = "the Deployment's replicas as its owner set them"   # read now or remembered: one message
+_HPA_NO_DESIRE = "the Deployment's replicas before greenml's cap (its HPA has computed no desired replicas)"
 
 
 def assumed_load(model: core.BudgetModel, owner: OwnerReplicas) -> tuple[float, str]:
