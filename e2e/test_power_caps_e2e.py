@@ -245,9 +245,11 @@ def test_operator_to_agent_hand_off_on_kwok_gpu_nodes(kube, namespace, tmp_path,
     pytest.importorskip("grpc")
     pytest.importorskip("pynvml")
     t0 = grid_start()
-    # dirty for 10 s, clean for 32 s, then very dirty: both jobs wait for the clean stretch;
-    # the carbon-aware one runs in it under a cap below maxWatts (slowed, it still emits less)
-    env = operator_on(tmp_path, namespace, t0, [400.0] * 5 + [100.0] * 16 + [900.0] * 200)
+    # dirty for 30 s, clean for 32 s, then very dirty: both jobs wait for the clean stretch;
+    # the carbon-aware one runs in it under a cap below maxWatts (slowed, it still emits less).
+    # (30 s, not 10: on a loaded 2-core machine the operator's start and the Jobs' creation
+    # took longer than 10 s once, and the window had opened before the Jobs were read.)
+    env = operator_on(tmp_path, namespace, t0, [400.0] * 15 + [100.0] * 16 + [900.0] * 200)
     state_file = tmp_path / "nvml-state.json"
     socket = tmp_path / "kubelet.sock"
     agent_cfg, identity = agent_kubeconfig(kube, namespace, tmp_path)
@@ -275,9 +277,9 @@ def test_operator_to_agent_hand_off_on_kwok_gpu_nodes(kube, namespace, tmp_path,
                 raise AssertionError(f"{exc}\n--- agent log ---\n{agent_logs()}") from None
 
         with run_operator(tmp_path, env) as op:
-            create(kube, capped_tj("static", namespace, {"watts": 200}, estimatedDuration="4s"))
+            create(kube, capped_tj("static", namespace, {"watts": 200}, estimatedDuration="4s", maxDelay="60s"))
             create(kube, capped_tj("aware", namespace, {"carbonAware": {"minWatts": 150, "maxWatts": 250}},
-                                   estimatedDuration="16s", interruptible=True, minRunDuration="2s"))
+                                   estimatedDuration="16s", interruptible=True, minRunDuration="2s", maxDelay="60s"))
             for name, cap in (("static", "200"), ("aware", "250")):
                 job = await until(f"the Job of {name}", lambda n=name: kube.get(*JOBS, namespace, f"{n}-run"), op)
                 assert job["spec"]["suspend"] is True
