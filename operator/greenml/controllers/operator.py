@@ -3,6 +3,7 @@ loop and its leader election), node capacity, the periodic replan of the plan bo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -68,7 +69,9 @@ def configure_kopf(ks: kopf.OperatorSettings, settings: Settings) -> None:
     ks.posting.level = logging.WARNING        # our own Events are explicit; kopf posts only problems
     ks.watching.server_timeout = 300
     ks.watching.client_timeout = 330
-    ks.batching.error_delays = [1, 2, 5, 10, 30, 60]   # backoff on API errors: no hot loops
+    # backoff on API errors: no hot loops (kopf 1.45 renamed `batching` to `queueing`)
+    queueing = ks.queueing if any(f.name == "queueing" for f in dataclasses.fields(ks)) else ks.batching
+    queueing.error_delays = [1, 2, 5, 10, 30, 60]
     ks.execution.max_workers = 8
     ks.peering.standalone = True
 
