@@ -69,6 +69,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import _common  # noqa: E402
@@ -516,10 +517,10 @@ class Watcher:
                 if relist:
                     self._relist()
                     relist = False
-                with self.kube.session.get(self.kube.host + self.path, headers=self.kube._headers(), stream=True,
-                                           verify=self.kube.verify, timeout=(5, 120),
-                                           params={"watch": "1", "resourceVersion": self.rv,
-                                                   "allowWatchBookmarks": "true", "timeoutSeconds": "100"}) as r:
+                with requests.get(self.kube.host + self.path, headers=self.kube._headers(), stream=True,
+                                  verify=self.kube.verify, cert=self.kube.cert, timeout=(5, 120),
+                                  params={"watch": "1", "resourceVersion": self.rv,
+                                          "allowWatchBookmarks": "true", "timeoutSeconds": "100"}) as r:
                     for line in r.iter_lines():
                         if self._stop.is_set():
                             return
@@ -633,7 +634,7 @@ def real_run(n: int, budgets: int, *, quiet_s: float = REAL_QUIET_S, settle_s: f
                     "GREENML_INTENSITY_FILE": str(intensity), "GREENML_DEFAULT_ZONE": "DE",
                     "GREENML_GPU_CAPACITY": "1000000", "GREENML_HEALTH_PORT": str(free_port()),
                     "GREENML_METRICS_PORT": metrics_port, "GREENML_LOG_FORMAT": "json",
-                    "GREENML_LOG_LEVEL": "WARNING"})
+                    "GREENML_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING")})
         cmd = [sys.executable, "-m", "greenml", "run"]
         snapdir = tmp / "tracemalloc"
         if tracemalloc_frames:
@@ -778,6 +779,8 @@ def real_run(n: int, budgets: int, *, quiet_s: float = REAL_QUIET_S, settle_s: f
         out["spot_check"] = spot_check(items, intensity, random.Random(seed), horizon="7d")
         out["budget_spot_check"] = budget_spot_check(ibs, replicas0, intensity, random.Random(seed)) if budgets else None
         logs = log_path.read_text(errors="replace")
+        if os.environ.get("BENCH_KEEP_LOG"):            # the operator's log, for a closer look
+            Path(os.environ["BENCH_KEEP_LOG"]).write_text(logs)
         out["log_warnings"] = logs.count('"levelname": "WARNING"') + logs.count('"level": "warning"')
         out["log_errors"] = logs.count('"levelname": "ERROR"') + logs.count('"level": "error"') + logs.count("Traceback")
         out["log_tail"] = logs[-2000:] if out["operator_died"] or out["log_errors"] else ""

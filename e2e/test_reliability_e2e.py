@@ -188,8 +188,8 @@ class Watch:
         while not self._stop.is_set():
             params = {"watch": "true", "resourceVersion": self._rv, "timeoutSeconds": "5", "allowWatchBookmarks": "true"}
             try:
-                with self.kube.session.get(f"{self.kube.host}{self.path}?{urlencode(params)}", headers=self.kube._headers(),
-                                           stream=True, timeout=(5, 30), verify=self.kube.verify) as resp:
+                with requests.get(f"{self.kube.host}{self.path}?{urlencode(params)}", headers=self.kube._headers(),
+                                  stream=True, timeout=(5, 30), verify=self.kube.verify, cert=self.kube.cert) as resp:
                     if resp.status_code == 410:
                         self.gaps += 1
                         self._rv = self._list_rv()

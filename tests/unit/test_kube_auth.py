@@ -9,6 +9,7 @@ override a Session's ``verify``). Providers, by contrast, must honour ``REQUESTS
 """
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ipaddress
 import json
@@ -242,10 +243,20 @@ def test_the_proxy_environment_is_honoured_and_read_once(monkeypatch):
     with serve({"proxied": True}) as (proxy, seen):      # a forward proxy gets the absolute URI
         monkeypatch.setenv("HTTP_PROXY", proxy)
         kube = Kube(configuration("http://kube.invalid:6443"))
-        assert kube.session.trust_env is False
+        assert kube.proxy == proxy
         monkeypatch.delenv("HTTP_PROXY")                 # read at construction: still proxied
         assert kube.request("GET", "/version", "version") == {"proxied": True}
         assert [h[":path"] for h in seen] == ["http://kube.invalid:6443/version"]
+        assert "proxy-authorization" not in {k.lower() for k in seen[0]}
+        # credentials in the proxy's URL go to the proxy (Basic), never into the request line
+        monkeypatch.setenv("HTTP_PROXY", proxy.replace("http://", "http://u:p%40ss@"))
+        authed = Kube(configuration("http://kube.invalid:6443"))
+        monkeypatch.delenv("HTTP_PROXY")
+        assert authed.request("GET", "/version", "version") == {"proxied": True}
+        sent = {k.lower(): v for k, v in seen[1].items()}
+        assert sent["proxy-authorization"] == "Basic " + base64.b64encode(b"u:p@ss").decode()
+        assert seen[1][":path"] == "http://kube.invalid:6443/version"
+        del seen[1]
         monkeypatch.setenv("HTTP_PROXY", proxy)
         monkeypatch.setenv("NO_PROXY", "kube.invalid")
         with pytest.raises(Transient):                   # not through the proxy: the host does not resolve

@@ -37,7 +37,7 @@ KIND = "InferenceBudget"
 
 
 @kopf.on.event(*RESOURCE)
-def on_budget(body: kopf.Body, type: str, memo: kopf.Memo, **_: Any) -> None:
+async def on_budget(body: kopf.Body, type: str, memo: kopf.Memo, **_: Any) -> None:
     ctx: Context = memo.ctx
     meta = body.get("metadata", {})
     if type == "DELETED":
@@ -51,7 +51,7 @@ def on_budget(body: kopf.Body, type: str, memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers")
-def on_hpa(body: kopf.Body, type: str, memo: kopf.Memo, **_: Any) -> None:
+async def on_hpa(body: kopf.Body, type: str, memo: kopf.Memo, **_: Any) -> None:
     """HPAs by (namespace, HPA name) → target Deployment; an HPA appearing, going or
     retargeted wakes the budgets of its Deployment (the cap moves to it, or back to replicas)."""
     ctx: Context = memo.ctx

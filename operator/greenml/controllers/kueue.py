@@ -52,11 +52,11 @@ _REGISTERED: list[Any] = []      # kopf registries holding our handlers (registe
 
 
 # ------------------------------------------------------------------ watches → store → loop
-def on_workload(body: kopf.Body, type: str, memo: kopf.Memo, **_: Any) -> None:
+async def on_workload(body: kopf.Body, type: str, memo: kopf.Memo, **_: Any) -> None:
     workload_event(memo.ctx, type, body)
 
 
-def on_catalogue(body: kopf.Body, type: str, resource: kopf.Resource, memo: kopf.Memo, **_: Any) -> None:
+async def on_catalogue(body: kopf.Body, type: str, resource: kopf.Resource, memo: kopf.Memo, **_: Any) -> None:
     catalogue_event(memo.ctx, CATALOGUE[resource.plural], type, body)
 
 

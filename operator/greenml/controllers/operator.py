@@ -219,7 +219,7 @@ def serve_metrics(ctx: Context) -> None:
 
 
 @kopf.on.event("", "v1", "nodes")
-def node_capacity(body: kopf.Body, type: str, memo: kopf.Memo, **_: Any) -> None:
+async def node_capacity(body: kopf.Body, type: str, memo: kopf.Memo, **_: Any) -> None:
     """Track each node's allocatable GPUs (the capacity for shifted jobs) and its region
     label (mapped to a grid zone by the `zone_map` setting)."""
     ctx: Context = memo.ctx
