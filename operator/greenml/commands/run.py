@@ -56,11 +56,31 @@ def run(args) -> int:
     memo = kopf.Memo(ctx=ctx, greenml_settings=settings)
     namespaces = args.namespace or ([settings.namespace] if settings.namespace else None)
     liveness = args.liveness or f"http://0.0.0.0:{settings.health_port}/healthz"
-    asyncio.run(kopf.operator(
-        clusterwide=namespaces is None,
-        namespaces=namespaces or (),
-        liveness_endpoint=liveness,
-        memo=memo,
-        standalone=True,      # kopf's peering stays off: the Lease (GREENML_PEERING) elects the acting replica
-    ))
+
+    async def main() -> None:
+        stop, ready = asyncio.Event(), asyncio.Event()
+        operator = asyncio.create_task(kopf.operator(
+            clusterwide=namespaces is None,
+            namespaces=namespaces or (),
+            liveness_endpoint=liveness,
+            memo=memo,
+            standalone=True,  # kopf's peering stays off: the Lease (GREENML_PEERING) elects the acting replica
+            stop_flag=stop,
+            ready_flag=ready,
+        ))
+        started = asyncio.create_task(ready.wait())
+        await asyncio.wait({operator, started}, return_when=asyncio.FIRST_COMPLETED)
+        if ready.is_set():       # kopf's signal handlers are in place: ours replace them
+            op.stop_on_signals(ctx, stop)
+        started.cancel()
+        await operator
+
+    asyncio.run(main())
+    from greenml.controllers.loop import busy_workers
+
+    busy = busy_workers()
+    if busy:
+        # calls still in flight after the pool's grace: Python would wait for them at exit
+        # (threads are joined); their work is redone from status on the next start
+        op.exit_now(f"{len(busy)} call(s) still in flight; left to the next start")
     return 0

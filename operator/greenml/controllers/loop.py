@@ -22,7 +22,9 @@ import os
 import random
 import socket
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable, Mapping
@@ -171,6 +173,34 @@ def lean_meta(meta: Mapping[str, Any]) -> Mapping[str, Any]:
     if has_applied:
         out["annotations"] = {k: v for k, v in ann.items() if k != LAST_APPLIED}
     return out
+
+
+# ------------------------------------------------------------------ the worker threads
+THREAD_PREFIX = "greenml"
+EXIT_GRACE = 2.0        # seconds a call in flight gets to finish on the way out
+
+
+class WorkerPool(ThreadPoolExecutor):
+    """The operator's one pool for blocking calls (API requests, replans): on shutdown —
+    asyncio.run's last step, after kopf's cleanup — queued calls are dropped and those in
+    flight get ``EXIT_GRACE`` seconds, not as long as they take (a 20,000-job replan or a
+    request to an overloaded API server held the exit for seconds). What they leave undone is
+    redone from status on the next start (the same as a crash at that point)."""
+
+    def __init__(self, max_workers: int) -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix=THREAD_PREFIX)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        super().shutdown(wait=False, cancel_futures=True)
+        if wait:
+            deadline = time.monotonic() + EXIT_GRACE
+            for t in list(self._threads):
+                t.join(max(0.0, deadline - time.monotonic()))
+
+
+def busy_workers() -> list[str]:
+    """Names of the pool's threads still running a call (after ``WorkerPool.shutdown``)."""
+    return [t.name for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX + "_") and t.is_alive()]
 
 
 # ------------------------------------------------------------------ wake-ups

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import os
+import signal
+import sys
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -104,14 +106,13 @@ BOARD = ("Board", "", "")      # the loop's key for the periodic replan of the p
 def start_loop(ctx: Context) -> None:
     """The planning loop (and, with `peering` set, the Lease that says whether it may act)."""
     from greenml.controllers import inferencebudget, trainingjob
-    from greenml.controllers.loop import LeaseElector, own_identity, own_namespace
+    from greenml.controllers.loop import LeaseElector, WorkerPool, own_identity, own_namespace
 
     loop = ctx.loop
-    # the blocking API calls (asyncio.to_thread, kopf's sync handlers) share one bounded pool:
-    # Python's default grows with the node's CPUs (up to 32 threads, each with its own malloc
-    # arena), not with what the loop can use — at most `concurrency` reconciles at a time
-    asyncio.get_running_loop().set_default_executor(
-        ThreadPoolExecutor(max_workers=loop.concurrency + 4, thread_name_prefix="greenml"))
+    # the blocking calls (asyncio.to_thread) share one bounded pool: Python's default grows
+    # with the node's CPUs (up to 32 threads, each with its own malloc arena), not with what
+    # the loop can use — at most `concurrency` reconciles at a time; its shutdown is bounded
+    asyncio.get_running_loop().set_default_executor(WorkerPool(loop.concurrency + 4))
     loop.max_sleep = timedelta(seconds=ctx.settings.tick_interval)
     loop.poll = min(30.0, max(0.05, ctx.settings.tick_interval))
     loop.handlers = {
@@ -176,16 +177,57 @@ async def replan_board(ctx: Context, board: PlanBoard | None = None, kind: str =
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    """Stop the loop at once (a reconcile in flight finishes its API call in its thread) and
-    hand the lease over, so that a standby takes over without waiting for it to expire."""
+    """kopf's last step (after its watchers stopped): hand over, if the signal did not already."""
     ctx: Context | None = memo.get("ctx")
-    if ctx is None:
-        return
+    if ctx is not None:
+        await hand_over(ctx)
+
+
+async def hand_over(ctx: Context) -> None:
+    """Stop the loop at once (a reconcile in flight finishes its API call in its thread) and
+    hand the lease over, so that a standby takes over without waiting for it to expire.
+    Idempotent: the signal runs it first (`stop_on_signals`), kopf's cleanup again."""
     for t in ctx.extras.pop("tasks", []):
         t.cancel()
-    elector = ctx.extras.get("elector")
+    elector = ctx.extras.pop("elector", None)
     if elector is not None:
         await asyncio.to_thread(elector.release)
+
+
+EXIT_DEADLINE = 4.0     # seconds from SIGTERM to exit, whatever kopf's shutdown still does
+
+
+def stop_on_signals(ctx: Context, stop: asyncio.Event, deadline: float = EXIT_DEADLINE) -> None:
+    """SIGTERM / SIGINT (replacing kopf's handlers, installed once kopf is ready): hand over at
+    once — not after kopf has stopped its watchers, which with 20,000 objects' workers took
+    over 10 s — raise kopf's stop flag, and exit at ``deadline`` even if kopf's shutdown has
+    not finished (what it leaves undone is redone from status on the next start, as after a
+    crash). A second signal exits at once."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            exit_now(f"a second {sig.name}")
+            return
+        log.info("%s: stopping (exit within %.0f s)", sig.name, deadline)
+        stop.set()
+        ctx.extras["handing_over"] = loop.create_task(hand_over(ctx), name="greenml hand-over")
+        loop.call_later(deadline, exit_now, f"kopf's shutdown still running {deadline:.0f} s after {sig.name}")
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, on_signal, sig)
+        except (NotImplementedError, RuntimeError, ValueError):     # not the main thread
+            log.warning("cannot handle %s: kopf's own handling stays", sig.name)
+
+
+def exit_now(why: str) -> None:
+    """Leave the process now (logs flushed), exit status 0: termination was asked for."""
+    log.warning("exiting now: %s", why)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _once(ctx: Context, key: str, make):
