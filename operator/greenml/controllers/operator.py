@@ -3,7 +3,6 @@ loop and its leader election), node capacity, the periodic replan of the plan bo
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import signal
@@ -72,7 +71,7 @@ def configure_kopf(ks: kopf.OperatorSettings, settings: Settings) -> None:
     ks.watching.server_timeout = 300
     ks.watching.client_timeout = 330
     # backoff on API errors: no hot loops (kopf 1.45 renamed `batching` to `queueing`)
-    queueing = ks.queueing if any(f.name == "queueing" for f in dataclasses.fields(ks)) else ks.batching
+    queueing = ks.queueing if hasattr(ks, "queueing") else ks.batching
     queueing.error_delays = [1, 2, 5, 10, 30, 60]
     ks.execution.max_workers = 8
     ks.peering.standalone = True
@@ -211,6 +210,7 @@ def stop_on_signals(ctx: Context, stop: asyncio.Event, deadline: float = EXIT_DE
             return
         log.info("%s: stopping (exit within %.0f s)", sig.name, deadline)
         stop.set()
+        # (held: the event loop keeps only a weak reference to a task)
         ctx.extras["handing_over"] = loop.create_task(hand_over(ctx), name="greenml hand-over")
         loop.call_later(deadline, exit_now, f"kopf's shutdown still running {deadline:.0f} s after {sig.name}")
 

@@ -263,12 +263,10 @@ class GreenmlController:
 
     def wants(self, active: Sequence[JobState], now: datetime) -> dict[int, tuple[bool, str]]:
         # a capped job's open segment counts at the speed of its cap (controllers.trainingjob.reconcile)
-        befores = {id(st): st.progress() for st in active}
-        views = {}
+        befores, views = {}, {}
         for st in active:
-            before = befores[id(st)]
+            before = befores[id(st)] = st.progress()
             views[id(st)] = capped_view(before, st.speed(), now, st.run_start) if st.capped else before
-        for st in active:
             self.board.observe(st.req, views[id(st)], st.running)
         out = {}
         self.capped = {}
