@@ -87,6 +87,34 @@ def test_capped_usage_without_a_counted_figure_takes_all_the_work_at_the_cap_of_
     assert (kwh, counted) == (0.0, 0.0)
 
 
+def test_a_run_closed_before_the_last_status_takes_back_the_overshoot_at_its_own_caps_draw():
+    """The Job's completionTime (whole seconds) — or a stall counted to its heartbeat — can
+    close a run a moment before the ``now`` of the last status, which had counted the open
+    segment up to then. That sliver ran at the open segment's cap and is taken back at its
+    draw; the stretches before it keep theirs (all the work was once recounted at the cap of
+    the moment, i.e. as if the whole run had been uncapped — a flaky e2e found it)."""
+    req = resolve(tj(AWARE), D)
+    speed = req.cap.level(150.0).speed                             # 2/3
+    # 600 s at 150 W (400 s of work at 540 J each), then the cap goes (300 W: 600 J per second)
+    run = Progress(run_seconds=0.0, running_since=T0, runs=1)
+    st = {"usage": status_after(req, {}, run, T0 + timedelta(seconds=600), 150.0)["usage"]}
+    run = run.rebase(T0 + timedelta(seconds=600), speed)
+    assert run.run_seconds == pytest.approx(400.0)
+    # the last status while the pod still ran: 300.8 s of the uncapped segment counted
+    late = T0 + timedelta(seconds=900.8)
+    st = {"usage": status_after(req, st, run, late, None, intensity=100.0)["usage"]}
+    assert st["usage"]["countedRunSeconds"] == pytest.approx(700.8)
+    assert st["usage"]["energyKwh"] == pytest.approx((400 * 540 + 300.8 * 600) / 3.6e6, abs=1e-6)
+    # the Job's completionTime says 900 s: the run is closed there, 0.8 s before that status
+    closed = run.closed(T0 + timedelta(seconds=900))
+    final = status_after(req, st, closed, late + timedelta(seconds=1), None, intensity=100.0)["usage"]
+    assert final["countedRunSeconds"] == pytest.approx(700.0)
+    assert final["energyKwh"] == pytest.approx((400 * 540 + 300 * 600) / 3.6e6, abs=1e-6)
+    assert final["energyKwh"] < 700 * 600 / 3.6e6 - 0.005          # not all of it at the uncapped draw
+    # and its grams: the sliver taken back at the intensity it was counted at
+    assert final["grams"] == pytest.approx(st["usage"]["grams"] - 0.8 * 600 / 3.6e6 * 100, abs=1e-3)
+
+
 def test_a_static_cap_counts_at_its_draw():
     """Static 150 W: the job is planned and counted at the cap — 3,600 s at 360 W = 0.36 kWh
     (uncapped: 0.6 kWh for the same hour)."""

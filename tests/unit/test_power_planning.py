@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -134,6 +135,36 @@ def test_place_capped_against_brute_force(f, work, interruptible):
     else:
         assert len(got.runs) == 1 or len({lv for lv in got.levels}) == 1
         assert got.cost == pytest.approx(brute_uniform_window(f, work, len(f), LEVELS))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(50, 500), min_size=2, max_size=8), st.floats(0.1, 5.0), st.booleans())
+def test_place_capped_on_a_part_slot_of_work_against_brute_force(f, work, interruptible):
+    """``JobSpec.work``: the work left exactly (the board's last slot is often part of one);
+    the capped plan covers it, not its round-up, and is as good as brute force on it."""
+    f = np.array(f, dtype=float)
+    work = min(work, len(f) - 0.01)
+    spec = replace(job(math.ceil(work), len(f), interruptible), work=work)
+    got = power.place_capped(f, spec, LEVELS)
+    assert got is not None and got.work >= work - 1e-9
+    if interruptible:
+        opt = brute_mixed(f, work, LEVELS)
+        assert opt - 1e-9 <= got.cost <= opt + power.mixed_bound(f, LEVELS) + 1e-9
+    else:
+        assert got.cost == pytest.approx(brute_uniform_window(f, work, len(f), LEVELS))
+
+
+def test_the_last_part_slot_of_work_runs_capped_when_a_cap_pays_on_it():
+    """3.3 slots of work left (4 rounded up) on a flat forecast, a cap at 200 W (speed 1/1.05,
+    draw 0.8): on the round-up it would take 5 slots (cost 4.0, no better than 4 uncapped);
+    on the work itself, 4 slots (3.2). Found on the e2e control plane: the tail of a
+    carbon-aware run went back to maxWatts (16 s of work, 2 s slots)."""
+    levels = (CapLevel(200.0, 1 / 1.05, 0.8), CapLevel(None, 1.0, 1.0))
+    f = np.full(8, 1.0)
+    rounded = power.place_capped(f, job(4, 8), levels)
+    assert rounded.levels == (levels[1],) and rounded.cost == pytest.approx(4.0)
+    exact = power.place_capped(f, replace(job(4, 8), work=3.3), levels)
+    assert exact.levels == (levels[0],) and exact.runs == ((0, 4),) and exact.cost == pytest.approx(3.2)
 
 
 def test_pinned_non_interruptible_stays_one_run_from_now():
@@ -272,3 +303,19 @@ def test_refine_keeps_deadlines_work_and_capacity(specs, f, capacity):
         work = sum((e - s) * by_watts[c].speed for (s, e), c in zip(p.runs, caps))
         assert work >= j.remaining - 1e-9
         assert all(0 <= s < e <= j.latest_end for s, e in p.runs)
+
+
+def test_board_hands_the_planner_the_work_left_exactly():
+    """``to_job_spec``: 4 h of work on 1 h slots, 1 h 24 min run: 2.6 slots left (3 rounded
+    up) go to the capped planner as ``work``; whole slots (and held GPUs) as they are."""
+    from greenml.services.board import Entry, to_job_spec
+    from greenml.services.trainingjob import Defaults, Progress
+
+    req = _board_req({"carbonAware": {"minWatts": 150, "maxWatts": 300}})
+    d = Defaults(zone="DE", step=timedelta(hours=1), safety_margin=timedelta(0))
+    running = Progress(run_seconds=0.0, running_since=T0, runs=1)
+    spec = to_job_spec(Entry(req, running, True), T0 + timedelta(minutes=84), d, 48)
+    assert spec.remaining == 3 and spec.work == pytest.approx(2.6)
+    assert to_job_spec(Entry(req, Progress(), False), T0, d, 48).work is None         # 4 whole slots
+    held = to_job_spec(Entry(req, running, True), T0 + timedelta(minutes=84), d, 48, hold=5)
+    assert held.remaining == 5 and held.work is None

@@ -493,7 +493,8 @@ def write_status(body, status, patch: Patch, req, outcome: Outcome, plan, failur
     if used.get("source") not in (None, source) and intensity is not None:
         grams = kwh * intensity          # the energy source changed: re-base on the new figure
     elif intensity is not None:
-        grams += max(0.0, kwh - float(used.get("energyKwh") or 0.0)) * intensity
+        # a run closed a moment before the last status (whole-second completionTime) takes its sliver back
+        grams = max(0.0, grams + (kwh - float(used.get("energyKwh") or 0.0)) * intensity)
     patch.status["phase"] = outcome.phase
     patch.status["jobName"] = job_name(req.name)
     patch.status["zone"] = req.zone

@@ -394,12 +394,14 @@ def place_capped(f: np.ndarray, job, levels: Sequence[CapLevel], free: np.ndarra
 
     hl = hull(levels)
     k = max(0, int(job.remaining))
+    if job.work is not None and k > 0:
+        k = min(float(k), max(_EPS, float(job.work)))      # the exact work: the last slot may be part of one
     e = max(0, int(job.earliest))
     hi = min(int(job.latest_end), f.size)
     if not hl or k == 0:
         return None
     z = zone if zone is not None else shifting._Zone.of(np.asarray(f, dtype=np.float64))
-    pinned = min(k, max(0, int(job.pinned)))
+    pinned = min(math.ceil(k - 1e-9), max(0, int(job.pinned)))
     if pinned and not job.interruptible:
         best = None
         for lv in hl:

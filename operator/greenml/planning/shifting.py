@@ -70,6 +70,11 @@ class JobSpec:
     pinned: int = 0                # first `pinned` slots from `earliest` must run (job is running)
     max_intensity: float | None = None
     zone: str = DEFAULT_ZONE
+    #: the work left exactly, in slots (≤ ``remaining``, which rounds it up): the capped
+    #: planner (planning.power) sizes a slower cap on it — rounded up first, a job's last
+    #: part slot looked like a whole one, and a lower cap then took a slot more than the
+    #: work needs, so the tail of a run went uncapped. None: ``remaining``
+    work: float | None = None
 
 
 @dataclass(frozen=True)

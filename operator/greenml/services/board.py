@@ -523,9 +523,10 @@ def to_job_spec(e: Entry, now: datetime, defaults: Defaults, max_slots: int, hol
     step_s = defaults.step.total_seconds()
     req, progress = e.req, e.progress
     remaining_s = remaining_work(req, progress, now).total_seconds()
-    remaining = int(math.ceil(remaining_s / step_s - 1e-9))
-    if e.running:
-        remaining = max(remaining, hold)
+    work = remaining_s / step_s
+    remaining = int(math.ceil(work - 1e-9))
+    if e.running and hold > remaining:
+        remaining, work = hold, hold      # the GPUs held until the next replan: whole slots
     if remaining <= 0:
         return None
     latest_end = int((req.deadline - defaults.safety_margin - now).total_seconds() // step_s)
@@ -551,4 +552,5 @@ def to_job_spec(e: Entry, now: datetime, defaults: Defaults, max_slots: int, hol
         pinned=pinned,
         max_intensity=req.max_intensity,
         zone=req.zone,
+        work=work if 0 < work < remaining else None,
     )

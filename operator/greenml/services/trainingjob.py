@@ -536,8 +536,10 @@ def capped_usage(req: JobRequirements, progress: Progress, now: datetime, used: 
     accrues: ``used`` (the last status's usage) holds the energy and ``countedRunSeconds``,
     the work it covers; the work since then ran at ``cap_watts`` (the open segment's cap — a
     change of cap rebases the segment and writes status, so one stretch has one cap).
-    ``progress`` is in status's terms (the open segment in wall time). Returns
-    (energyKwh, countedRunSeconds)."""
+    Work below ``countedRunSeconds`` is a run closed a moment before the last status's
+    ``now`` (the Job's completionTime and a stall's heartbeat are whole seconds): that
+    sliver was counted at this same cap, and is taken back at it. ``progress`` is in
+    status's terms (the open segment in wall time). Returns (energyKwh, countedRunSeconds)."""
     lv = req.cap.level(cap_watts) if req.cap is not None else None
     speed = lv.speed if lv is not None and lv.speed > 0 else 1.0
     rate = req.watts * (lv.power / speed if lv is not None else 1.0)            # J per second of work
@@ -545,9 +547,9 @@ def capped_usage(req: JobRequirements, progress: Progress, now: datetime, used: 
     work = progress.run_seconds + max(0.0, open_s) * min(1.0, speed)
     counted = used.get("countedRunSeconds")
     before_kwh = f.number(used.get("energyKwh"), 0.0, minimum=0.0)
-    if not isinstance(counted, (int, float)) or isinstance(counted, bool) or not 0 <= counted <= work + 0.01:
-        return work * rate / 3.6e6, work        # nothing counted yet (or progress restarted): all of it at this cap
-    return before_kwh + max(0.0, work - counted) * rate / 3.6e6, work
+    if not isinstance(counted, (int, float)) or isinstance(counted, bool) or counted < 0 or work <= 0:
+        return work * rate / 3.6e6, work        # nothing counted yet (or no work): all of it at this cap
+    return max(0.0, before_kwh + (work - counted) * rate / 3.6e6), work
 
 
 def persist_capped(req: JobRequirements, before: Progress, view: Progress, outcome: "Outcome", speed: float,
