@@ -131,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{t['both_energy_change_percent']:+.1f} % | {t['both_mean_stretch']:.3f} | "
                   f"{t['both_deadlines_met']}/{t['jobs']} |")
     md += ["", "Replayed vs planned once at submit (each job followed as planned at submit: no replan, no "
-           "forecast update; one cause of the gap, seen on single jobs: at each replan the board rounds a running "
-           "job's work left up to whole slots, and a capped run's progress is fractional):", "",
+           "forecast update; planned at submit, a job's work is rounded up to whole slots, while the board hands "
+           "the capped planner the work left exactly — a slower cap on a job's last part slot — so the replay "
+           "can save more):", "",
            "| forecast | GPU curve | zone | shifting (replay) | shifting (at submit) | both (replay) | both (at submit) |",
            "|---|---|---|---|---|---|---|"]
     md += [f"| {t['forecast']} | {t['gpu_model']} | {t['zone']} | {t['shifting_savings_percent']:.1f} % | "
