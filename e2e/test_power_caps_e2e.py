@@ -22,7 +22,8 @@ The node agent is the real ``greenml agent`` process, out of cluster, pointed at
 
 Checked: each pod's GPU gets the cap its annotation asks (only that GPU), the report
 annotation (Applied, watts, gpus) and the agent's metrics follow the carbon-aware cap as the
-operator changes it, the carbon-aware job's usage energy counted at each cap's draw, the
+operator changes it, the carbon-aware job's usage energy counted at each cap's draw (and its
+wall time longer than its work), the
 operator's annotation is never written by the agent (field
 managers), and when the pods end the GPUs return to their default limit and the reports say
 Restored; the TrainingJobs succeed.
@@ -345,6 +346,8 @@ def test_operator_to_agent_hand_off_on_kwok_gpu_nodes(kube, namespace, tmp_path,
             counted = aware["usage"]["countedRunSeconds"]
             assert counted == pytest.approx(aware["progress"]["runSeconds"], abs=0.01), aware
             assert 0 < aware["usage"]["energyKwh"] < counted * req.watts / 3.6e6 - 1e-6, (aware["usage"], req.watts)
+            # and its wall time (embodied carbon) is longer than its work: a capped stretch is slower
+            assert aware["usage"]["wallSeconds"] > counted + 0.1, aware["usage"]
             pods = await until("every GPU back at its default limit, and Restored reports", restored, op, timeout=30)
             assert all(p["status"]["phase"] == "Succeeded" for p in pods)
             assert "greenml_agent_pod_power_cap_watts{" not in metrics_text(port)

@@ -326,7 +326,8 @@ def _record_usage(metrics: Metrics, namespace: str, name: str, kind: str, gpus: 
                   usage: Mapping, policy: AccountingPolicy) -> None:
     kwh = float(usage.get("energyKwh") or 0.0)
     if usage.get("countedRunSeconds") is not None:          # carbon-aware caps: energy is not run time × watts
-        run_s = float(usage["countedRunSeconds"])
+        # the GPUs are held for the run's wall time: a capped stretch takes longer than its work
+        run_s = float(usage.get("wallSeconds") or usage["countedRunSeconds"])
     else:
         run_s = kwh_to_joules(kwh) / watts if watts > 0 else 0.0    # usage is run time × the job's watts
     metrics.usage(namespace, name, kind, energy_j=kwh_to_joules(kwh),

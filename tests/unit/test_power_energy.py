@@ -53,7 +53,8 @@ def test_a_carbon_aware_run_counts_each_stretch_at_its_caps_draw():
     # 600 s at maxWatts (no cap: 300 W is the GPU's limit): 0.1 kWh at 100 g/kWh
     run = Progress(run_seconds=0.0, running_since=T0, runs=1)
     st = {"usage": status_after(req, st, run, T0 + timedelta(seconds=600), None)["usage"]}
-    assert st["usage"] == {"energyKwh": 0.1, "grams": 10.0, "source": "power-model (spec)", "countedRunSeconds": 600.0}
+    assert st["usage"] == {"energyKwh": 0.1, "grams": 10.0, "source": "power-model (spec)", "countedRunSeconds": 600.0,
+                           "wallSeconds": 600.0}
     # the cap drops to 150 W: the segment is rebased at that moment, nothing more used yet
     run = run.rebase(T0 + timedelta(seconds=600), 1.0)
     st = {"usage": status_after(req, st, run, T0 + timedelta(seconds=600), None)["usage"]}
@@ -63,6 +64,7 @@ def test_a_carbon_aware_run_counts_each_stretch_at_its_caps_draw():
     assert st["usage"]["energyKwh"] == pytest.approx(0.22)
     assert st["usage"]["grams"] == pytest.approx(10 + 0.12 * 200)
     assert st["usage"]["countedRunSeconds"] == pytest.approx(1400.0)
+    assert st["usage"]["wallSeconds"] == pytest.approx(1800.0)             # the 800 s of work took 1,200 s
     # decide() closes the run 600 s later (persist_capped: the segment at the cap's speed)
     end = T0 + timedelta(seconds=2400)
     view = capped_view(run, speed, end)
@@ -71,6 +73,7 @@ def test_a_carbon_aware_run_counts_each_stretch_at_its_caps_draw():
     final = status_after(req, st, closed, end, 150.0)["usage"]
     assert final["energyKwh"] == pytest.approx(0.28)
     assert final["countedRunSeconds"] == pytest.approx(1800.0)
+    assert final["wallSeconds"] == pytest.approx(2400.0)
     # and again (a later reconcile of the finished job): nothing more
     assert status_after(req, {"usage": final}, closed, end + timedelta(hours=1), 150.0)["usage"]["energyKwh"] \
         == pytest.approx(0.28)
@@ -79,12 +82,17 @@ def test_a_carbon_aware_run_counts_each_stretch_at_its_caps_draw():
 def test_capped_usage_without_a_counted_figure_takes_all_the_work_at_the_cap_of_now():
     req = resolve(tj(AWARE), D)
     run = Progress(run_seconds=300.0, running_since=T0, runs=1)           # 300 s of work closed, 600 s open at 150 W
-    kwh, counted = capped_usage(req, run, T0 + timedelta(seconds=600), {}, 150.0)
-    assert counted == pytest.approx(300 + 400)
+    kwh, counted, wall = capped_usage(req, run, T0 + timedelta(seconds=600), {}, 150.0)
+    assert counted == pytest.approx(300 + 400) and wall == pytest.approx(700 * 1.5)
     assert kwh == pytest.approx(700 * 540 / 3.6e6)                      # 540 J per second of work at 150 W
     # progress restarted below what was counted: counted again from zero
-    kwh, counted = capped_usage(req, Progress(), T0, {"energyKwh": 0.5, "countedRunSeconds": 900.0}, None)
-    assert (kwh, counted) == (0.0, 0.0)
+    kwh, counted, wall = capped_usage(req, Progress(), T0, {"energyKwh": 0.5, "countedRunSeconds": 900.0}, None)
+    assert (kwh, counted, wall) == (0.0, 0.0, 0.0)
+    # a status from before wallSeconds: the work counted so far is taken as uncapped wall time
+    run = Progress(run_seconds=100.0, running_since=T0, runs=1)
+    _, counted, wall = capped_usage(req, run, T0 + timedelta(seconds=300), {"energyKwh": 0.01, "countedRunSeconds": 100.0},
+                                    150.0)
+    assert counted == pytest.approx(300.0) and wall == pytest.approx(100 + 300)
 
 
 def test_a_run_closed_before_the_last_status_takes_back_the_overshoot_at_its_own_caps_draw():
@@ -109,6 +117,7 @@ def test_a_run_closed_before_the_last_status_takes_back_the_overshoot_at_its_own
     closed = run.closed(T0 + timedelta(seconds=900))
     final = status_after(req, st, closed, late + timedelta(seconds=1), None, intensity=100.0)["usage"]
     assert final["countedRunSeconds"] == pytest.approx(700.0)
+    assert final["wallSeconds"] == pytest.approx(600 + 300)
     assert final["energyKwh"] == pytest.approx((400 * 540 + 300 * 600) / 3.6e6, abs=1e-6)
     assert final["energyKwh"] < 700 * 600 / 3.6e6 - 0.005          # not all of it at the uncapped draw
     # and its grams: the sliver taken back at the intensity it was counted at
@@ -126,17 +135,22 @@ def test_a_static_cap_counts_at_its_draw():
     assert "countedRunSeconds" not in usage
 
 
-def test_metrics_embodied_time_of_a_capped_run_is_its_run_time_not_energy_over_watts():
+def test_metrics_embodied_time_of_a_capped_run_is_its_wall_time_not_energy_over_watts():
+    """Embodied carbon counts the GPUs held for the run's wall time: 1,800 s of work that took
+    2,400 s at its caps is 2,400 s of hardware time (as 0.4 kWh uncapped at 600 W would be),
+    not 0.28 kWh / 600 W; a status from before wallSeconds counts its work."""
     req = resolve(tj(AWARE), D)
-    m = Metrics()
     policy = AccountingPolicy()
-    record_trainingjob(m, req, {"usage": {"energyKwh": 0.28, "grams": 28.0, "countedRunSeconds": 1800.0}}, None, policy)
-    other = Metrics()
-    record_trainingjob(other, req, {"usage": {"energyKwh": 0.3, "grams": 28.0}}, None, policy)    # 1,800 s at 600 W
 
-    def embodied(metrics):
-        return metrics.registry.get_sample_value("greenml_carbon_embodied_grams",
-                                                 {"namespace": "ml", "name": "t", "kind": "TrainingJob"})
-    assert embodied(m) == pytest.approx(embodied(other)) and embodied(m) > 0
+    def embodied(usage):
+        m = Metrics()
+        record_trainingjob(m, req, {"usage": usage}, None, policy)
+        return m.registry.get_sample_value("greenml_carbon_embodied_grams",
+                                           {"namespace": "ml", "name": "t", "kind": "TrainingJob"}), m
+
+    capped, m = embodied({"energyKwh": 0.28, "grams": 28.0, "countedRunSeconds": 1800.0, "wallSeconds": 2400.0})
+    assert capped == pytest.approx(embodied({"energyKwh": 0.4, "grams": 28.0})[0]) and capped > 0   # 2,400 s at 600 W
+    assert embodied({"energyKwh": 0.28, "grams": 28.0, "countedRunSeconds": 1800.0})[0] \
+        == pytest.approx(embodied({"energyKwh": 0.3, "grams": 28.0})[0])                           # 1,800 s at 600 W
     assert m.registry.get_sample_value("greenml_energy_joules",
                                        {"namespace": "ml", "name": "t", "kind": "TrainingJob"}) == pytest.approx(0.28 * 3.6e6)

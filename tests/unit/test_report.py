@@ -127,6 +127,18 @@ def test_cluster_rows_from_statuses():
     assert rows[1].savings is None and rows[1].actual.embodied_g == 0.0
 
 
+def test_cluster_row_of_a_capped_run_holds_its_gpus_for_the_wall_time():
+    """A carbon-aware power-capped run: 3,600 s of work (progress) that took 4,500 s at its
+    caps (usage.wallSeconds) is 4,500 s of embodied hardware time."""
+    tj = _tj("ml", "capped", "2024-01-05T00:00:00Z", phase="Succeeded", progress={"runSeconds": 3600.0},
+             usage={"energyKwh": 4.0, "grams": 1000.0, "countedRunSeconds": 3600.0, "wallSeconds": 4500.0})
+    (row,) = rows_from_cluster([tj], [], AccountingPolicy())
+    assert row.actual.embodied_g == pytest.approx(embodied_grams(4, 4500))
+    tj["status"]["usage"]["wallSeconds"] = "soon"
+    with pytest.raises(ReportError, match=r"TrainingJob ml/capped: status.usage.wallSeconds"):
+        rows_from_cluster([tj], [], AccountingPolicy())
+
+
 def test_cluster_bad_status_names_object_and_field():
     bad = [_tj("ml", "x", "2024-01-05T00:00:00Z", usage={"energyKwh": -1})]
     with pytest.raises(ReportError, match=r"TrainingJob ml/x: status.usage.energyKwh"):

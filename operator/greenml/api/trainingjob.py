@@ -163,6 +163,9 @@ class Usage(StatusModel):
     counted_run_seconds: float | None = Field(
         default=None, description="Carbon-aware power caps: the run time (at maxWatts, as progress counts it) "
                                   "that energyKwh accounts for; the energy accrues at the draw of each cap.")
+    wall_seconds: float | None = Field(
+        default=None, description="Carbon-aware power caps: the wall-clock time that run took at its caps "
+                                  "(a capped stretch is slower); embodied carbon counts the GPUs held that long.")
 
 
 Phase = Literal["Pending", "Waiting", "Running", "Paused", "Succeeded", "Failed"]

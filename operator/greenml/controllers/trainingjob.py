@@ -479,12 +479,12 @@ def write_status(body, status, patch: Patch, req, outcome: Outcome, plan, failur
 
     run_s = outcome.progress.total(now)
     used = status.get("usage") or {}
-    counted = None
+    counted = wall = None
     if measured:
         kwh = round(measured[0], 6)
     elif carbon_aware(req):
         # each stretch at the draw of the cap it ran under (``segment_cap``'s, for the work since the last status)
-        energy, counted = capped_usage(req, outcome.progress, now, used, cap_watts)
+        energy, counted, wall = capped_usage(req, outcome.progress, now, used, cap_watts)
         kwh = round(energy, 6)
     else:
         kwh = round(run_s * req.watts / 3.6e6, 6)     # a static cap: watts and run time are already the capped ones
@@ -501,7 +501,8 @@ def write_status(body, status, patch: Patch, req, outcome: Outcome, plan, failur
     patch.status["deadline"] = format_time(req.deadline)
     patch.status["progress"] = outcome.progress.to_status()
     patch.status["usage"] = {"energyKwh": kwh, "grams": round(grams, 3), "source": source,
-                             **({"countedRunSeconds": round(counted, 3)} if counted is not None else {})}
+                             **({"countedRunSeconds": round(counted, 3), "wallSeconds": round(wall, 3)}
+                                if counted is not None else {})}
     patch.status["conditions"] = merge_conditions(prev, conds)
     patch.status["observedGeneration"] = generation
     last = status.get("lastDecision") or {}

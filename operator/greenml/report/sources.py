@@ -263,6 +263,8 @@ def _tj_row(obj: Mapping[str, Any], policy: AccountingPolicy) -> Row:
     kwh = _num(usage.get("energyKwh", 0.0), f"{where}: status.usage.energyKwh")
     grams = _num(usage.get("grams", 0.0), f"{where}: status.usage.grams")
     seconds = _num(progress.get("runSeconds", 0.0), f"{where}: status.progress.runSeconds")
+    if usage.get("wallSeconds") is not None:      # carbon-aware caps: the GPUs were held for the run's wall time
+        seconds = _num(usage["wallSeconds"], f"{where}: status.usage.wallSeconds")
     actual = _fp(where, kwh, grams, float(gpus), seconds, policy)
     savings = _planned_savings(where, "status.plan", plan, kwh, policy)
     note = f"phase {status.get('phase', '?')}; energy: {usage.get('source', 'unknown')}"

@@ -526,8 +526,9 @@ def capped_view(progress: Progress, speed: float, now: datetime, run_start: date
 
 
 def capped_usage(req: JobRequirements, progress: Progress, now: datetime, used: Mapping[str, Any],
-                 cap_watts: float | None) -> tuple[float, float]:
-    """A carbon-aware job's IT energy so far (kWh) and the run time it accounts for.
+                 cap_watts: float | None) -> tuple[float, float, float]:
+    """A carbon-aware job's IT energy so far (kWh), the run time it accounts for, and the
+    wall time that run took at its caps (for embodied carbon: the GPUs are held that long).
 
     Each stretch of run counts at the draw of the cap it ran under: work (run time at
     maxWatts, as progress counts it) done at a cap of level ``lv`` took ``work / lv.speed``
@@ -539,7 +540,9 @@ def capped_usage(req: JobRequirements, progress: Progress, now: datetime, used: 
     Work below ``countedRunSeconds`` is a run closed a moment before the last status's
     ``now`` (the Job's completionTime and a stall's heartbeat are whole seconds): that
     sliver was counted at this same cap, and is taken back at it. ``progress`` is in
-    status's terms (the open segment in wall time). Returns (energyKwh, countedRunSeconds)."""
+    status's terms (the open segment in wall time). ``wallSeconds`` accrues the same way, at
+    ``work / lv.speed`` (a status without it: the work counted so far taken as uncapped).
+    Returns (energyKwh, countedRunSeconds, wallSeconds)."""
     lv = req.cap.level(cap_watts) if req.cap is not None else None
     speed = lv.speed if lv is not None and lv.speed > 0 else 1.0
     rate = req.watts * (lv.power / speed if lv is not None else 1.0)            # J per second of work
@@ -548,8 +551,10 @@ def capped_usage(req: JobRequirements, progress: Progress, now: datetime, used: 
     counted = used.get("countedRunSeconds")
     before_kwh = f.number(used.get("energyKwh"), 0.0, minimum=0.0)
     if not isinstance(counted, (int, float)) or isinstance(counted, bool) or counted < 0 or work <= 0:
-        return work * rate / 3.6e6, work        # nothing counted yet (or no work): all of it at this cap
-    return max(0.0, before_kwh + (work - counted) * rate / 3.6e6), work
+        return work * rate / 3.6e6, work, work / speed      # nothing counted yet (or no work): all of it at this cap
+    before_wall = f.number(used.get("wallSeconds"), float(counted), minimum=0.0)
+    return (max(0.0, before_kwh + (work - counted) * rate / 3.6e6), work,
+            max(work, before_wall + (work - counted) / speed))
 
 
 def persist_capped(req: JobRequirements, before: Progress, view: Progress, outcome: "Outcome", speed: float,

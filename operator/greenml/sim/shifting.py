@@ -172,8 +172,8 @@ class JobState:
             self.segments.append((self.seg_start, end, self.cap_watts))
         self.done_seconds = progress.run_seconds
         # status.usage as write_status keeps it: the work since the last count at the segment's cap
-        kwh, counted = capped_usage(self.req, progress, now, self.usage, self.cap_watts)
-        self.usage = {"energyKwh": kwh, "countedRunSeconds": counted}
+        kwh, counted, wall = capped_usage(self.req, progress, now, self.usage, self.cap_watts)
+        self.usage = {"energyKwh": kwh, "countedRunSeconds": counted, "wallSeconds": wall}
 
     def latest_start(self, now: datetime, margin: timedelta) -> datetime:
         return self.job.deadline - margin - timedelta(seconds=self.remaining_s(now))
