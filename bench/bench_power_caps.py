@@ -131,9 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{t['both_energy_change_percent']:+.1f} % | {t['both_mean_stretch']:.3f} | "
                   f"{t['both_deadlines_met']}/{t['jobs']} |")
     md += ["", "Replayed vs planned once at submit (each job followed as planned at submit: no replan, no "
-           "forecast update; planned at submit, a job's work is rounded up to whole slots, while the board hands "
-           "the capped planner the work left exactly — a slower cap on a job's last part slot — so the replay "
-           "can save more):", "",
+           "forecast update; the capped plans, at submit and the board's, sized on the work itself, not on whole "
+           "slots):", "",
            "| forecast | GPU curve | zone | shifting (replay) | shifting (at submit) | both (replay) | both (at submit) |",
            "|---|---|---|---|---|---|---|"]
     md += [f"| {t['forecast']} | {t['gpu_model']} | {t['zone']} | {t['shifting_savings_percent']:.1f} % | "

@@ -124,7 +124,8 @@ def simulate_caps(jobs: Sequence[SimJob], actual: IntensitySeries, forecaster: F
     step, step_h = config.step, config.step.total_seconds() / 3600.0
     res = CapSimResult(config, [j.name for j in jobs], {s: [] for s in STRATEGIES + AT_SUBMIT})
     for job in jobs:
-        k = int(math.ceil(job.duration / step - 1e-9))
+        work = job.duration / step
+        k = int(math.ceil(work - 1e-9))
         latest_end = int((job.deadline - job.submit) // step)
         if latest_end < k:
             raise SimInputError(f"job {job.name}: its deadline is shorter than its duration")
@@ -135,7 +136,9 @@ def simulate_caps(jobs: Sequence[SimJob], actual: IntensitySeries, forecaster: F
         spec = shifting.JobSpec(job.name, k, latest_end, gpus=job.gpus, power_kw=job.power_kw,
                                 interruptible=job.interruptible,
                                 min_run=max(1, int(math.ceil((job.min_run or config.min_run) / step - 1e-9))),
-                                max_intensity=job.max_intensity)
+                                max_intensity=job.max_intensity,
+                                # the capped plans sized on the work itself, as the board does (a part last slot)
+                                work=work if work < k else None)
         plain = shifting.plan([spec], f, step_hours=step_h)[0]
         capped = power.place_capped(f, replace(spec, pinned=k, interruptible=False), levels)
         (joint, caps), = power.plan_with_caps([spec], f, step_hours=step_h, levels={spec.name: levels})
