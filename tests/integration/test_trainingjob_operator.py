@@ -266,6 +266,11 @@ async def test_capacity_verdicts_are_said_at_once(api, kubeconfig, tmp_path):
 
         flagged = await wait_for("DeadlineAtRisk on one of the pair", one_at_risk, timeout=30, op=op)
         assert len(flagged) == 1, flagged
-        warned = {e["reason"] for n in ("huge", *flagged) for e in api.posted_events(n) if e.get("type") == "Warning"}
-        assert {"Unplaceable", "DeadlineAtRisk"} <= warned, warned
+
+        def warned():
+            return {e["reason"] for n in ("huge", *flagged) for e in api.posted_events(n) if e.get("type") == "Warning"}
+
+        # the Events are posted right after the status write that carries the condition: wait for them
+        await wait_for("both Warning Events", lambda: {"Unplaceable", "DeadlineAtRisk"} <= warned(), timeout=10, op=op)
+        assert {"Unplaceable", "DeadlineAtRisk"} <= warned(), warned()
         assert op.alive()
